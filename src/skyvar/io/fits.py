@@ -1,0 +1,204 @@
+"""Reading and writing image frames.
+
+A frame is a 2-D image in electrons (or ADU with ``GAIN``) with the metadata needed for photometry:
+exposure time, gain, read noise, mid-exposure MJD, zero point, filter and a celestial WCS. Real
+frames miss keys; :func:`read_frame` falls back with a warning where a sane default exists and raises
+:class:`FrameError` (naming the file) where none does.
+
+Pixel convention: numpy ``data[y, x]``; 0-indexed pixel centres (FITS/WCS are 1-indexed; astropy's
+``pixel_to_world`` already uses 0-indexed pixels, so no conversion is needed through it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from skyvar.utils.atomic import atomic_path
+from skyvar.utils.log import get_logger
+
+log = get_logger(__name__)
+
+# Mask bits shared by the simulator, detectors and catalogues.
+MASK_SATURATED = 1
+MASK_BAD = 2  # NaN/inf or flagged bad pixel
+
+DEFAULT_ZP = 25.85  # CSST i band, mag for 1 e-/s (DESIGN.md §4); only used with a warning
+
+
+class FrameError(ValueError):
+    """A frame that cannot be used; the message names the file and the reason."""
+
+
+@dataclasses.dataclass
+class Frame:
+    data: np.ndarray  # float32, electrons (ADU * gain), bad pixels set to 0 and flagged in mask
+    mask: np.ndarray  # uint8 bit mask (MASK_SATURATED, MASK_BAD)
+    header: fits.Header
+    exptime: float  # s
+    gain: float  # e-/ADU (data is already multiplied by it)
+    rdnoise: float  # e- per pixel, effective for the stored image
+    zp: float  # AB mag giving 1 e-/s
+    mjd: float  # mid-exposure MJD (NaN if unknown)
+    filter: str
+    wcs: WCS | None
+    path: Path | None = None
+    saturate: float = np.inf  # e-
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def frame_id(self) -> str:
+        if self.path is None:
+            return "frame"
+        name = self.path.name
+        for sfx in (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts"):
+            if name.lower().endswith(sfx):
+                return name[: -len(sfx)]
+        return self.path.stem
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape  # type: ignore[return-value]
+
+    def flux_to_mag(self, flux_e: np.ndarray) -> np.ndarray:
+        """AB magnitude of a flux in electrons over the exposure (NaN where flux <= 0)."""
+        flux_e = np.asarray(flux_e, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m = self.zp - 2.5 * np.log10(flux_e / self.exptime)
+        return np.where(flux_e > 0, m, np.nan)
+
+    def mag_to_flux(self, mag: np.ndarray) -> np.ndarray:
+        return self.exptime * 10 ** (-0.4 * (np.asarray(mag, dtype=float) - self.zp))
+
+    def pixel_to_world(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """RA, Dec in degrees of 0-indexed pixel positions (NaN without a WCS)."""
+        x = np.asarray(x, dtype=float)
+        if self.wcs is None or not self.wcs.has_celestial:
+            return np.full_like(x, np.nan), np.full_like(x, np.nan)
+        ra, dec = self.wcs.celestial.all_pix2world(x, np.asarray(y, dtype=float), 0)
+        return np.asarray(ra), np.asarray(dec)
+
+
+def _header_float(hdr: fits.Header, keys: tuple[str, ...], default: float | None, what: str, path, notes,
+                  warn: bool = True):
+    for k in keys:
+        if k in hdr and hdr[k] not in (None, ""):
+            try:
+                v = float(hdr[k])
+            except (TypeError, ValueError):
+                continue
+            if np.isfinite(v):
+                return v
+    if default is None:
+        raise FrameError(f"{path}: header has none of {list(keys)} ({what}) and no default exists")
+    msg = f"{path}: header has none of {list(keys)} ({what}); using {default}"
+    if warn:
+        notes.append(msg)
+        warnings.warn(msg, stacklevel=3)
+    return default
+
+
+def read_frame(path: str | os.PathLike, hdu: int | str | None = None, zp_default: float | None = DEFAULT_ZP) -> Frame:
+    """Read a frame from FITS with validation.
+
+    - The first HDU holding a 2-D image is used unless ``hdu`` is given; a ``MASK`` extension is read.
+    - NaN/inf pixels are set to 0 and flagged ``MASK_BAD`` (they must not reach neighbours' photometry).
+    - Pixels at or above ``SATURATE`` are flagged ``MASK_SATURATED``.
+    - Missing EXPTIME/GAIN/RDNOISE/ZP/MJD-OBS fall back to defaults with a warning.
+
+    Raises FrameError for unreadable, truncated or empty files, non-2-D data, all-bad frames.
+    """
+    path = Path(path)
+    notes: list[str] = []
+    if not path.exists():
+        raise FrameError(f"{path}: no such file")
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+            hdul.verify("silentfix")
+            img_hdu = None
+            if hdu is not None:
+                img_hdu = hdul[hdu]
+            else:
+                for h in hdul:
+                    if h.is_image and h.data is not None and getattr(h.data, "ndim", 0) == 2:
+                        img_hdu = h
+                        break
+            if img_hdu is None or img_hdu.data is None:
+                raise FrameError(f"{path}: no 2-D image HDU found")
+            data = np.asarray(img_hdu.data)
+            header = hdul[0].header.copy()
+            if img_hdu is not hdul[0]:
+                header.update(img_hdu.header)
+            mask_in = None
+            if "MASK" in hdul:
+                mask_in = np.asarray(hdul["MASK"].data)
+    except FrameError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError) as e:
+        raise FrameError(f"{path}: cannot read FITS ({type(e).__name__}: {e})") from e
+    if data.ndim != 2:
+        raise FrameError(f"{path}: image is {data.ndim}-D, expected 2-D")
+    if data.size == 0 or min(data.shape) < 4:
+        raise FrameError(f"{path}: image of shape {data.shape} is too small")
+
+    exptime = _header_float(header, ("EXPTIME", "EXPOSURE", "ITIME"), 1.0, "exposure time [s]", path, notes)
+    if exptime <= 0:
+        raise FrameError(f"{path}: EXPTIME={exptime} must be positive")
+    gain = _header_float(header, ("GAIN", "EGAIN", "CCDGAIN"), 1.0, "gain [e-/ADU]", path, notes)
+    if gain <= 0:
+        gain = 1.0
+        notes.append(f"{path}: non-positive GAIN, using 1.0")
+    rdnoise = _header_float(header, ("RDNOISE", "READNOIS", "RON"), 0.0, "read noise [e-]", path, notes)
+    zp = _header_float(header, ("ZP", "MAGZERO", "MAGZP", "ZEROPT"), zp_default, "zero point [mag for 1 e-/s]", path, notes)
+    mjd = _header_float(header, ("MJD-OBS", "MJD-MID", "MJD"), float("nan"), "mid-exposure MJD", path, notes)
+    saturate = _header_float(header, ("SATURATE", "SATLEVEL"), float("inf"), "saturation [ADU]", path, notes, warn=False)
+    filt = str(header.get("FILTER", "unknown"))
+
+    data = data.astype(np.float32) * np.float32(gain)
+    mask = np.zeros(data.shape, dtype=np.uint8) if mask_in is None else mask_in.astype(np.uint8).copy()
+    if mask.shape != data.shape:
+        notes.append(f"{path}: MASK shape {mask.shape} != image {data.shape}; ignored")
+        mask = np.zeros(data.shape, dtype=np.uint8)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        notes.append(f"{path}: {int(bad.sum())} NaN/inf pixels masked")
+        mask[bad] |= MASK_BAD
+        data[bad] = 0.0
+    if bad.all():
+        raise FrameError(f"{path}: every pixel is NaN/inf")
+    sat_e = saturate * gain
+    if np.isfinite(sat_e):
+        mask[data >= sat_e] |= MASK_SATURATED
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header, naxis=2)
+            if not wcs.has_celestial:
+                wcs = None
+                notes.append(f"{path}: no celestial WCS; ra/dec will be NaN")
+        except Exception as e:  # astropy raises many kinds on malformed WCS
+            wcs = None
+            notes.append(f"{path}: unusable WCS ({e}); ra/dec will be NaN")
+    for n in notes:
+        log.debug(n)
+    return Frame(
+        data=data, mask=mask, header=header, exptime=exptime, gain=gain, rdnoise=rdnoise, zp=zp, mjd=mjd,
+        filter=filt, wcs=wcs, path=path, saturate=sat_e, warnings=notes,
+    )
+
+
+def write_frame(path: str | os.PathLike, data: np.ndarray, header: fits.Header, mask: np.ndarray | None = None) -> Path:
+    """Write a frame (float32 primary image, optional uint8 ``MASK`` extension) atomically."""
+    hdus = [fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=header)]
+    if mask is not None:
+        hdus.append(fits.ImageHDU(np.asarray(mask, dtype=np.uint8), name="MASK"))
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    return Path(path)

@@ -1,0 +1,42 @@
+"""Small helpers for command-line ``key=value`` overrides of dataclass configs and for config hashing."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+
+T = TypeVar("T")
+
+
+def config_from_dotlist(cls: type[T], overrides: list[str] | None = None, base: dict | None = None) -> T:
+    """Build dataclass ``cls`` from its defaults, a base dict, then ``key=value`` overrides.
+
+    Unknown keys raise a clear error listing the valid ones (a typo must not be silently ignored).
+    """
+    schema = OmegaConf.structured(cls)
+    if base:
+        schema = OmegaConf.merge(schema, base)
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ValueError(f"overrides must look like key=value, got {bad}")
+        try:
+            schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
+        except Exception as e:  # omegaconf raises several types; unify them
+            valid = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ValueError(f"invalid override for {cls.__name__}: {e}\nvalid keys: {valid}") from e
+    return OmegaConf.to_object(schema)  # type: ignore[return-value]
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """Content hash of a JSON-able object (dataclasses and OmegaConf allowed), order-independent for dicts."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    elif OmegaConf.is_config(obj):
+        obj = OmegaConf.to_container(obj, resolve=True)
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
