@@ -47,7 +47,7 @@ def test_clean_reports_every_problem():
     assert out.loc[out.source_id == 2, "flag"].item() & FLAG_BAD_ERR
     s3 = out[out.source_id == 3]
     assert s3.flag.tolist()[0] == 0 and s3.flag.tolist()[1] & FLAG_DUPLICATE_TIME
-    assert any("renamed columns" in m for m in rep.messages) and any("not sorted" in m for m in rep.messages)
+    assert any("renamed columns" in m for m in rep.infos) and any("not sorted" in m for m in rep.messages)
 
 
 def test_missing_columns_and_missing_band_and_errors():

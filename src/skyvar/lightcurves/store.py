@@ -75,13 +75,18 @@ class CleanReport:
     flagged_duplicate_time: int = 0
     unsorted_curves: int = 0
     one_point_curves: int = 0
+    n_curves: int = 0
     multi_band_sources: int = 0
     messages: list[str] = dataclasses.field(default_factory=list)
+    infos: list[str] = dataclasses.field(default_factory=list)
 
-    def note(self, msg: str) -> None:
-        self.messages.append(msg)
+    def note(self, msg: str, problem: bool = True) -> None:
+        """Record what cleaning did; ``problem=False`` for routine notes (renamed columns …)."""
+        (self.messages if problem else self.infos).append(msg)
 
     def log(self, logger=log) -> None:
+        for m in self.infos:
+            logger.debug("%s: %s", self.source, m)
         for m in self.messages:
             logger.warning("%s: %s", self.source, m)
 
@@ -90,6 +95,7 @@ class CleanReport:
             if f.type in ("int", int):
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         self.messages.extend(f"{other.source}: {m}" for m in other.messages)
+        self.infos.extend(f"{other.source}: {m}" for m in other.infos)
         return self
 
     def as_dict(self) -> dict:
@@ -118,11 +124,12 @@ def normalize_columns(df: pd.DataFrame, source: str = "<table>", report: CleanRe
         df = df.rename(columns=rename)
         aliased = {k: v for k, v in rename.items() if str(k).strip().lower() != v}
         if aliased and report is not None:
-            report.note("renamed columns " + ", ".join(f"{k}->{v}" for k, v in aliased.items()))
+            report.note("renamed columns " + ", ".join(f"{k}->{v}" for k, v in aliased.items()), problem=False)
     if "source_id" not in df.columns and default_source_id is not None:
         df = df.assign(source_id=default_source_id)
         if report is not None:
-            report.note(f"no source_id column: one light curve per band, id {default_source_id!r} from the file name")
+            report.note(f"no source_id column: one light curve per band, id {default_source_id!r} from the file name",
+                        problem=False)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise StoreError(f"{source}: missing required column(s) {missing}; have {list(df.columns)} "
@@ -210,6 +217,7 @@ def clean_long(df: pd.DataFrame, source: str = "<table>", band_default: str = ""
     if len(out):
         sizes = out.groupby(["source_id", "band"], sort=False).size()
         rep.one_point_curves = int((sizes < 2).sum())
+        rep.n_curves = len(sizes)
         if rep.one_point_curves:
             rep.note(f"{rep.one_point_curves} one-point light curves (kept; their indices will be NaN and flagged)")
         nb = sizes.reset_index().groupby("source_id").size()
@@ -337,6 +345,8 @@ def open_store(path: str | os.PathLike, n_partitions: int | None = None, rows_pe
         try:
             df, rep = clean_long(read_table(f), source=str(f), band_default=band_default,
                                  default_source_id=_stem(f))
+            if not len(df):
+                raise StoreError(f"{f}: no usable rows (of {rep.n_in}): " + "; ".join(rep.messages or ["empty table"]))
         except (StoreError, OSError) as e:
             if kind == "file":
                 raise
@@ -355,6 +365,9 @@ def open_store(path: str | os.PathLike, n_partitions: int | None = None, rows_pe
         rep.log()
         total.dropped_identical_duplicates += rep.dropped_identical_duplicates
         total.flagged_duplicate_time += rep.flagged_duplicate_time
+        for f in ("one_point_curves", "n_curves", "multi_band_sources"):  # curve counts: of the whole
+            setattr(total, f, getattr(rep, f))
+        total.n_out = rep.n_out
     n = n_partitions or max(1, int(np.ceil(len(df) / max(rows_per_partition, 1))))
     part = partition_of(df["source_id"].to_numpy(), n)
     fp_base = ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
