@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from astropy.table import Table
 
 from skyvar.lightcurves.associate import associate_catalogs
@@ -62,9 +64,11 @@ def make_catalogs(workdir: Path, n_frames: int, n_sources: int, seed: int = 0) -
             "mag": mag0[det] + rng.normal(0, 1e-6, len(det)), "mag_err": np.full(len(det), 0.01),
             "flags": np.zeros(len(det), np.int32),
         })
-        with open(f, "w") as fh:
-            fh.write(_header({"frame_id": f.stem, "mjd": 60000 + 0.5 * k, "filter": "g" if k % 2 else "r"}))
-            df.to_csv(fh, sep=" ", header=False, index=False, float_format="%.8f")
+        with open(f, "wb") as fh:
+            fh.write(_header({"frame_id": f.stem, "mjd": 60000 + 0.5 * k, "filter": "g" if k % 2 else "r"}).encode())
+            # pyarrow's C++ CSV writer: ~10x pandas' to_csv, so a 1000-frame field is written in minutes.
+            pacsv.write_csv(pa.Table.from_pandas(df, preserve_index=False), fh,
+                            pacsv.WriteOptions(include_header=False, delimiter=" ", quoting_style="none"))
         if k % 100 == 0:
             print(f"  wrote {k + 1}/{n_frames} catalogues ({time.perf_counter() - t0:.0f} s)", flush=True)
     stamp.touch()

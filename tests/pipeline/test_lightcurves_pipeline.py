@@ -186,3 +186,17 @@ def test_dask_dataframe_map_partitions(tmp_path):
         got = lazy.compute().sort_values(["source_id", "band"]).reset_index(drop=True)
     want = partition_features(df, [IndicesStage(plots=False)], tmp_path)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
+@pytest.mark.slow
+def test_infer_cli_subprocess(tmp_path, root):
+    """The documented command line, in a fresh interpreter (as a user runs it)."""
+    import subprocess
+    import sys
+
+    _long(n_src=60).to_parquet(tmp_path / "lc.parquet")
+    r = subprocess.run([sys.executable, str(root / "infer.py"), "pipeline=lightcurves", f"input={tmp_path / 'lc.parquet'}",
+                        f"out_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'h'}"],
+                       capture_output=True, text=True, cwd=root, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(read_features(tmp_path / "out")) == 120

@@ -106,7 +106,7 @@ def variability_indices(
     which: Iterable[str] | None = None,
     clip_sigma: float = 2.0,
     max_clip_iters: int = 100,
-    chunk_elements: int = 1 << 19,
+    chunk_elements: int = 1 << 18,
     num_threads: int | None = 1,
 ) -> dict:
     """All variability indices of one light curve (1-D) or a padded batch (2-D, rows = curves).

@@ -310,6 +310,7 @@ def plot_figures(res: EvaluationResult, train: pd.DataFrame, y_train, scores: di
             keep = x > 0
             x, p = x[keep], p[keep]
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())
         lo, hi = np.percentile(x, [0.5, 99.5]) if len(x) > 10 else (x.min(), x.max())
         sel = (x >= lo) & (x <= hi)
         ax.plot(x[sel], p[sel], lw=1)
