@@ -84,7 +84,9 @@ FLAG_ZERO_SCATTER = 1 << 21  # all valid magnitudes equal: moments and inv_eta u
 FLAG_ITER_NOT_CONVERGED = 1 << 22  # iter_std hit max_clip_iters before converging
 FLAG_NO_ERRORS = 1 << 23  # mag_err not given: Q, Q1, Q2 are NaN
 
-IQR_TO_SIGMA = 1.3489795003921634  # 2 * Phi^-1(0.75) = scipy.stats.iqr(scale="normal") divisor
+IQR_TO_SIGMA = 1.3489795003921634
+# CPU tensors take numpy's faster sorts and isfinite; False forces the pure-torch (GPU) code paths.
+_NUMPY_ON_CPU = True  # 2 * Phi^-1(0.75) = scipy.stats.iqr(scale="normal") divisor
 
 
 def decode_flag(flag: int) -> list[str]:
@@ -211,19 +213,19 @@ def _as_tensor(x, like: torch.Tensor | None = None) -> torch.Tensor:
 
 def _argsort_rows(x: torch.Tensor) -> torch.Tensor:
     """Row-wise argsort; numpy's SIMD sort on CPU (about twice torch's speed), torch's elsewhere."""
-    if x.device.type == "cpu":
+    if _NUMPY_ON_CPU and x.device.type == "cpu":
         return torch.from_numpy(np.argsort(x.numpy(), axis=1))
     return torch.argsort(x, dim=1)
 
 
 def _sort_rows(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu":
+    if _NUMPY_ON_CPU and x.device.type == "cpu":
         return torch.from_numpy(np.sort(x.numpy(), axis=1))
     return torch.sort(x, dim=1).values
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu":  # numpy's isfinite is ~5x torch's on CPU
+    if _NUMPY_ON_CPU and x.device.type == "cpu":  # numpy's isfinite is ~5x torch's on CPU
         return torch.from_numpy(np.isfinite(x.numpy()))
     return torch.isfinite(x)
 
@@ -365,7 +367,7 @@ def _successive_sq_diff(y: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
 
 
 def _argsort_stable_bool(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu":
+    if _NUMPY_ON_CPU and x.device.type == "cpu":
         return torch.from_numpy(np.argsort(x.numpy(), axis=1, kind="stable"))
     return torch.sort(x.to(torch.uint8), dim=1, stable=True).indices
 
