@@ -70,7 +70,7 @@ class CatalogFrame:
 
 
 # ------------------------------------------------------------------------------------- reading
-def _parse_meta(header_lines: list[str], colnames_line: str, path: Path) -> dict:
+def _parse_meta(header_lines: list[str], colnames_line: str) -> dict:
     from astropy.table import Table
 
     # The ECSV header (YAML) with zero data rows parses in milliseconds; the data go through pandas.
@@ -93,7 +93,7 @@ def _read_ecsv(path: Path) -> tuple[pd.DataFrame, dict, list[str]]:
         raise CatalogError(f"{path}: not an ECSV file (no '# %ECSV' header)")
     if not colnames_line.strip():
         raise CatalogError(f"{path}: ECSV header without a column-name line (truncated?)")
-    meta = _parse_meta(header, colnames_line, path)
+    meta = _parse_meta(header, colnames_line)
     names = colnames_line.split()
     use = [c for c in _NEEDED if c in names]
     df = pd.read_csv(path, sep=" ", skiprows=len(header), usecols=use, quotechar='"',
@@ -191,7 +191,7 @@ def catalog_mjd(path: Path) -> float:
                     else:
                         colnames = line
                         break
-            meta = _parse_meta(header, colnames, path)
+            meta = _parse_meta(header, colnames)
         elif name.endswith(".parquet"):
             meta = _parquet_meta(path)
         else:

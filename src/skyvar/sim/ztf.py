@@ -114,7 +114,7 @@ def _times(rng: np.random.Generator, n: int, season_centre: float) -> np.ndarray
     return np.sort(T_START + pick + rng.uniform(0.15, 0.4, n))  # within the night (fraction of a day)
 
 
-def _rotation(rng, t, amp):
+def _rotation(rng, t):
     p = np.exp(rng.uniform(np.log(1.0), np.log(40.0)))
     t_evol = rng.uniform(30, 200)
     ph = rng.uniform(0, 2 * np.pi, 3)
@@ -124,7 +124,7 @@ def _rotation(rng, t, amp):
     return lambda a: a * env * shape, p
 
 
-def _pulsator(rng, t, amp):
+def _pulsator(rng, t):
     k = rng.integers(1, 4)
     ps = np.exp(rng.uniform(np.log(0.03), np.log(0.25), k))
     ws = rng.dirichlet(np.ones(k)) ** 0.5
@@ -203,9 +203,9 @@ def simulate(cfg: ZTFSimConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
             if kind != "constant":
                 mrng = np.random.default_rng(model_seed)
                 if kind == "rotation":
-                    f, period = _rotation(mrng, t, amp)
+                    f, period = _rotation(mrng, t)
                 elif kind == "pulsator":
-                    f, period = _pulsator(mrng, t, amp)
+                    f, period = _pulsator(mrng, t)
                 else:
                     f, period = _eclipsing(mrng, t, amp, kind == "eb_detached")
                 signal = f(amp * (cfg.g_amp_factor if band == "g" else 1.0))
