@@ -1,0 +1,325 @@
+"""Reading LAMOST medium-resolution (MRS, R ~ 7500) spectra.
+
+One MRS file holds one target observed on one night (one plan, one spectrograph, one fibre):
+
+- primary HDU ``Information``: header only (OBSID, RA/DEC, OBJNAME, DESIG, PLANID, LMJD, SPID,
+  FIBERID, site LONGITUD/LATITUDE, HELIO/HELIO_RV, VACUUM …);
+- ``COADD_B`` / ``COADD_R``: the night's co-added blue (≈ 4950–5350 Å) and red (≈ 6300–6800 Å) arm,
+  table columns FLUX, IVAR, LOGLAM (log10 Å), ANDMASK, ORMASK; header SNR and the list of combined
+  exposures (LMJMLIS0, LMJMLIS1 …);
+- ``B-<LMJM>`` / ``R-<LMJM>``: every single exposure, columns FLUX, IVAR, LOGLAM, PIXMASK; header
+  LMJM (local modified Julian *minute* of the exposure start), EXPTIME [s], SNR.
+
+:func:`read_mrs` returns one :class:`~skyvar.spectra.spectrum.Spectrum` per (exposure or co-add, arm),
+wavelengths in Å sorted ascending (single red-arm exposures are stored descending on the native CCD
+grid), ``vacuum`` from the header (LAMOST writes vacuum), flux in the file's relative units, ivar in
+1/flux², ``mask`` True where ivar <= 0, the pixel mask is non-zero or values are not finite.
+
+Times. LMJM counts minutes of *Beijing local time* (UTC + 8 h) since MJD 0 and marks the exposure
+start to the minute (checked against DATE-BEG/DATE-OBS of the shared file). ``meta['mjd']`` is the
+mid-exposure UTC MJD, ``meta['bjd_tdb']`` the barycentric Julian date (TDB) and ``meta['hjd']`` the
+heliocentric Julian date (UTC) of mid-exposure, both for the target's RA/Dec seen from the site in the
+header (Xinglong, height 960 m). A co-add gets the mean of its exposures' mid-times. The flux is
+already heliocentric-corrected by the LAMOST pipeline (``HELIO``/``HELIO_RV`` in meta).
+
+Quality. Real files contain exposures with SNR <= 0 or a negative median flux (failed extraction or
+sky subtraction). The reader keeps them but records the reason in ``meta['flag']`` (empty string when
+usable); :func:`usable` filters them. Unreadable files raise :class:`MRSReadError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from skyvar.spectra.spectrum import Spectrum
+from skyvar.utils.log import get_logger
+
+log = get_logger(__name__)
+
+ARMS = {"B": (4950.0, 5350.0), "R": (6300.0, 6800.0)}  # nominal coverage [Å]
+LAMOST_SITE = {"lon": 117.58, "lat": 40.39, "height": 960.0}  # deg, deg, m (Xinglong station)
+BEIJING_UTC_OFFSET_DAYS = 8.0 / 24.0
+
+
+class MRSReadError(ValueError):
+    """An MRS file (or one of its extensions) that cannot be read; the message names the file."""
+
+
+_READ_ERRORS = (OSError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError)
+
+
+@contextlib.contextmanager
+def _open_fits(path: Path) -> Iterator[fits.HDUList]:
+    """Open a FITS file with every HDU loaded inside a guard (truncation fails here, with the name)."""
+    if not path.exists():
+        raise MRSReadError(f"{path}: no such file")
+    if path.is_dir():
+        raise MRSReadError(f"{path}: is a directory, not a FITS file")
+    if path.stat().st_size == 0:
+        raise MRSReadError(f"{path}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+            hdul.verify("silentfix")
+            for h in hdul:
+                _ = h.data
+    except _READ_ERRORS as e:
+        raise MRSReadError(f"{path}: cannot read FITS ({type(e).__name__}: {e})") from e
+    try:
+        yield hdul
+    finally:
+        hdul.close()
+
+
+def _hval(hdr: fits.Header, keys: str | Iterable[str], default: Any = None, cast=float) -> Any:
+    """First usable value among ``keys`` (missing, blank, uncastable or non-finite values skipped)."""
+    for k in [keys] if isinstance(keys, str) else keys:
+        if k not in hdr:
+            continue
+        v = hdr[k]
+        if v is None or (isinstance(v, str) and not v.strip()):
+            continue
+        try:
+            out = cast(v.strip() if isinstance(v, str) else v)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(out, float) and not np.isfinite(out):
+            continue
+        return out
+    return default
+
+
+def _as_bool(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().upper() in ("T", "TRUE", "1", "Y", "YES")
+    return bool(v)
+
+
+def _file_meta(hdr: fits.Header, path: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = {"file": str(path), "survey": "LAMOST-MRS"}
+    for name, key, cast in (
+        ("obsid", "OBSID", int), ("designation", "DESIG", str), ("objname", "OBJNAME", str),
+        ("ra", "RA", float), ("dec", "DEC", float), ("planid", "PLANID", str), ("lmjd", "LMJD", int),
+        ("spid", "SPID", int), ("fiberid", "FIBERID", int), ("helio_rv", "HELIO_RV", float),
+        ("data_release", "DATA_V", str), ("mag1", "MAG1", float),
+    ):
+        v = _hval(hdr, key, None, cast)
+        if v is not None:
+            meta[name] = v
+    meta["helio"] = _as_bool(hdr.get("HELIO", False))
+    # OBJNAME is the input-catalogue id (Gaia source id for the time-domain plates): stable across nights.
+    meta["source"] = str(meta.get("objname") or meta.get("designation") or meta.get("obsid") or path.stem)
+    meta["site"] = {
+        "lon": _hval(hdr, "LONGITUD", LAMOST_SITE["lon"]),
+        "lat": _hval(hdr, "LATITUDE", LAMOST_SITE["lat"]),
+        "height": LAMOST_SITE["height"],
+    }
+    return meta
+
+
+def exposure_times(mjd_utc: np.ndarray, ra: float | None, dec: float | None,
+                   site: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Barycentric Julian date (TDB) and heliocentric Julian date (UTC) of UTC MJDs for a target.
+
+    NaN when RA/Dec are unknown. IERS tables shipped with astropy are used; no download is attempted.
+    """
+    from astropy import units as u
+    from astropy.coordinates import EarthLocation, SkyCoord
+    from astropy.time import Time
+    from astropy.utils import iers
+
+    mjd_utc = np.atleast_1d(np.asarray(mjd_utc, dtype=float))
+    nan = np.full(mjd_utc.shape, np.nan)
+    ok = np.isfinite(mjd_utc)
+    if ra is None or dec is None or not np.isfinite(ra) or not np.isfinite(dec) or not ok.any():
+        return nan, nan.copy()
+    site = site or LAMOST_SITE
+    loc = EarthLocation.from_geodetic(site["lon"] * u.deg, site["lat"] * u.deg, site["height"] * u.m)
+    coord = SkyCoord(ra * u.deg, dec * u.deg)
+    with iers.conf.set_temp("auto_download", False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # IERS-B range notes; sub-second effect on light travel time
+        t = Time(mjd_utc[ok], format="mjd", scale="utc", location=loc)
+        bjd = (t.tdb + t.light_travel_time(coord, kind="barycentric")).jd
+        hjd = (t.utc + t.light_travel_time(coord, kind="heliocentric")).jd
+    b, h = nan.copy(), nan.copy()
+    b[ok], h[ok] = bjd, hjd
+    return b, h
+
+
+def lmjm_to_mjd_mid(lmjm: float, exptime_s: float) -> float:
+    """Mid-exposure UTC MJD from the LAMOST local modified Julian minute of the exposure start."""
+    return float(lmjm) / 1440.0 - BEIJING_UTC_OFFSET_DAYS + 0.5 * float(exptime_s) / 86400.0
+
+
+def _coadd_lmjms(hdr: fits.Header) -> list[int]:
+    out: list[int] = []
+    for k in sorted(k for k in hdr if k.startswith("LMJMLIS")):
+        for tok in str(hdr[k]).replace(",", "-").split("-"):
+            tok = tok.strip()
+            if tok.isdigit():
+                out.append(int(tok))
+    return out
+
+
+def _columns(hdu, path: Path) -> dict[str, str]:
+    names = {c.upper(): c for c in hdu.columns.names}
+    missing = [c for c in ("FLUX", "IVAR", "LOGLAM") if c not in names]
+    if missing:
+        raise MRSReadError(f"{path}[{hdu.name}]: table lacks columns {missing}")
+    return names
+
+
+def _spectrum_from_hdu(hdu, path: Path, file_meta: dict, vacuum: bool) -> Spectrum:
+    name = hdu.name.upper()
+    cols = _columns(hdu, path)
+    d = hdu.data
+    if d is None or len(d) < 10:
+        raise MRSReadError(f"{path}[{name}]: {0 if d is None else len(d)} rows, too short for a spectrum")
+    flux = np.asarray(d[cols["FLUX"]], dtype=np.float64).ravel()
+    ivar = np.asarray(d[cols["IVAR"]], dtype=np.float64).ravel()
+    loglam = np.asarray(d[cols["LOGLAM"]], dtype=np.float64).ravel()
+    pixmask = np.zeros(flux.shape, dtype=np.int64)
+    for m in ("PIXMASK", "ANDMASK"):  # ORMASK (bad in *some* exposure) is too strict for a co-add
+        if m in cols:
+            pixmask = np.asarray(d[cols[m]], dtype=np.int64).ravel()
+            break
+    notes: list[str] = []
+    good_wave = np.isfinite(loglam)
+    if not good_wave.all():
+        notes.append(f"{int((~good_wave).sum())} pixels with non-finite LOGLAM dropped")
+        flux, ivar, loglam, pixmask = flux[good_wave], ivar[good_wave], loglam[good_wave], pixmask[good_wave]
+    order = np.argsort(loglam, kind="stable")
+    flux, ivar, loglam, pixmask = flux[order], ivar[order], loglam[order], pixmask[order]
+    dup = np.concatenate([[False], np.diff(loglam) <= 0])
+    if dup.any():
+        notes.append(f"{int(dup.sum())} duplicate wavelengths dropped")
+        keep = ~dup
+        flux, ivar, loglam, pixmask = flux[keep], ivar[keep], loglam[keep], pixmask[keep]
+    wave = 10.0**loglam
+    bad = (~np.isfinite(flux)) | (~np.isfinite(ivar)) | (ivar <= 0) | (pixmask != 0)
+    flux = np.where(np.isfinite(flux), flux, 0.0)
+    ivar = np.where(bad, 0.0, ivar)
+
+    hdr = hdu.header
+    meta = dict(file_meta)
+    meta["extname"] = name
+    meta["warnings"] = [f"{path}[{name}]: {n}" for n in notes]
+    if name.startswith("COADD"):
+        arm = name.split("_")[-1][:1]
+        meta["kind"] = "coadd"
+        lmjms = _coadd_lmjms(hdr)
+        meta["lmjm_list"] = lmjms
+        exptime = _hval(hdr, "EXPTIME", 1200.0)
+        mids = [lmjm_to_mjd_mid(m, exptime) for m in lmjms]
+        meta["mjd"] = float(np.mean(mids)) if mids else np.nan
+        meta["exposure"] = f"{meta.get('lmjd', 'na')}C"
+        meta["exptime"] = float(exptime) * max(len(lmjms), 1)
+    else:
+        arm = name[:1]
+        meta["kind"] = "single"
+        lmjm = _hval(hdr, "LMJM", None, int)
+        if lmjm is None and "-" in name and name.split("-", 1)[1].isdigit():
+            lmjm = int(name.split("-", 1)[1])
+            meta["warnings"].append(f"{path}[{name}]: no LMJM keyword; taken from the extension name")
+        exptime = _hval(hdr, "EXPTIME", None)
+        if exptime is None:
+            exptime = 1200.0
+            meta["warnings"].append(f"{path}[{name}]: no EXPTIME; assuming 1200 s (MRS default)")
+        meta["lmjm"] = lmjm
+        meta["exptime"] = float(exptime)
+        meta["mjd"] = lmjm_to_mjd_mid(lmjm, exptime) if lmjm is not None else np.nan
+        meta["exposure"] = str(lmjm) if lmjm is not None else name
+    if arm not in ARMS:
+        raise MRSReadError(f"{path}[{name}]: cannot tell the arm from the extension name")
+    meta["arm"] = arm
+    snr = _hval(hdr, "SNR", None)
+    if snr is None:
+        good = ~bad
+        snr = float(np.median(flux[good] * np.sqrt(ivar[good]))) if good.any() else 0.0
+        meta["warnings"].append(f"{path}[{name}]: no SNR keyword; median flux*sqrt(ivar) = {snr:.2f} used")
+    meta["snr"] = float(snr)
+    meta["flag"] = quality_flag(flux, ivar, bad, meta["snr"])
+    return Spectrum(wavelength=wave, flux=flux, ivar=ivar, mask=bad, vacuum=vacuum, meta=meta)
+
+
+def quality_flag(flux: np.ndarray, ivar: np.ndarray, bad: np.ndarray, snr: float, min_good: int = 100) -> str:
+    """Why a spectrum must not be used ('' if usable): SNR <= 0, median flux <= 0, too few good pixels."""
+    reasons = []
+    if not np.isfinite(snr) or snr <= 0:
+        reasons.append("snr<=0")
+    good = ~bad
+    if good.sum() < min_good:
+        reasons.append(f"good_pixels<{min_good}")
+    elif np.median(flux[good]) <= 0:
+        reasons.append("median_flux<=0")
+    return ",".join(reasons)
+
+
+def read_mrs(path: str | os.PathLike, kind: str = "all", arms: Iterable[str] = ("B", "R")) -> list[Spectrum]:
+    """Read a LAMOST MRS file: every single exposure (``kind='single'``), the co-adds (``'coadd'``) or
+    both (``'all'``), for the requested arms. Returns spectra in file order with metadata (see module
+    docstring: source, ra, dec, spid, fiberid, arm, kind, exposure, mjd, bjd_tdb, hjd, snr, flag …).
+
+    Raises MRSReadError (naming the file) when the file is unreadable or holds no MRS arm extension. A
+    single damaged extension is skipped with its reason in every returned spectrum's ``meta['warnings']``.
+    """
+    if kind not in ("all", "single", "coadd"):
+        raise ValueError(f"kind must be 'all', 'single' or 'coadd', got {kind!r}")
+    arms = tuple(a.upper()[:1] for a in arms)
+    path = Path(path)
+    out: list[Spectrum] = []
+    ext_notes: list[str] = []
+    with _open_fits(path) as hdul:
+        hdr0 = hdul[0].header
+        file_meta = _file_meta(hdr0, path)
+        if "VACUUM" in hdr0:
+            vacuum = _as_bool(hdr0["VACUUM"])
+        else:
+            vacuum = True
+            ext_notes.append(f"{path}: no VACUUM keyword; assuming vacuum wavelengths (LAMOST default)")
+        n_arm_ext = 0
+        for hdu in hdul[1:]:
+            name = (hdu.name or "").upper()
+            is_coadd = name.startswith("COADD_")
+            is_single = len(name) > 2 and name[1] == "-" and name[0] in "BR"
+            if not (is_coadd or is_single):
+                continue
+            n_arm_ext += 1
+            arm = name.split("_")[-1][:1] if is_coadd else name[0]
+            if arm not in arms or (kind == "single" and is_coadd) or (kind == "coadd" and is_single):
+                continue
+            if not isinstance(hdu, fits.BinTableHDU):
+                ext_notes.append(f"{path}[{name}]: not a binary table; skipped")
+                continue
+            try:
+                out.append(_spectrum_from_hdu(hdu, path, file_meta, vacuum))
+            except MRSReadError as e:
+                ext_notes.append(f"{e}; skipped")
+    if n_arm_ext == 0:
+        raise MRSReadError(f"{path}: no LAMOST MRS extensions (COADD_B/R, B-<lmjm>, R-<lmjm>) found")
+    if out:
+        mjd = np.array([s.meta["mjd"] for s in out], dtype=float)
+        bjd, hjd = exposure_times(mjd, file_meta.get("ra"), file_meta.get("dec"), file_meta.get("site"))
+        for s, b, h in zip(out, bjd, hjd):
+            s.meta["bjd_tdb"], s.meta["hjd"] = float(b), float(h)
+            s.meta["warnings"] = ext_notes + s.meta["warnings"]
+    for n in ext_notes:
+        log.warning(n)
+    return out
+
+
+def usable(spectra: Iterable[Spectrum]) -> tuple[list[Spectrum], list[Spectrum]]:
+    """Split spectra into (usable, flagged) by ``meta['flag']``."""
+    ok, bad = [], []
+    for s in spectra:
+        (bad if s.meta.get("flag") else ok).append(s)
+    return ok, bad
