@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from skyvar.spectra.mrs import MRSReadError, read_mrs
+from skyvar.spectra.mrs import MRSReadError, add_times, read_mrs
 from skyvar.spectra.rv import WINDOWS, RelativeRV, prepare_arm, reference_indices
 from skyvar.spectra.zeropoint import calibrate_catalog
 from skyvar.utils.atomic import write_json_atomic, write_table_atomic
@@ -73,7 +73,7 @@ class RVPipeline:
         seen: set = set()
         for f in files:
             try:
-                ss = read_mrs(f, kind=self.kind, arms=self.arms)
+                ss = read_mrs(f, kind=self.kind, arms=self.arms, times=False)
             except MRSReadError as e:
                 log.error("skipping %s: %s", f, e)
                 failures.append({"file": str(f), "stage": "read", "error": str(e)})
@@ -98,6 +98,7 @@ class RVPipeline:
                     continue
                 seen.add(key)
                 spectra.append(s)
+        add_times(spectra)
         return spectra, flagged, failures
 
     # ------------------------------------------------------------------ velocities

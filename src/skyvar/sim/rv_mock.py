@@ -18,7 +18,9 @@ Writes ``out_dir/rv.ecsv`` (one row per star and exposure, the columns of the rv
 truth: star_type, true_rv, true_zp, meas_err) and ``out_dir/stars.ecsv`` (one row per star: type and
 orbit). Same config and seed give the same data.
 
-The spectrum-level mock for the precision study (a template shifted by known velocities with noise at a
+``mode=fits`` writes LAMOST-MRS-layout FITS files instead (one per star and night, both arms, known
+velocities and exposure zero points; :func:`simulate_mrs_files`) for end-to-end tests of the pipeline.
+The spectrum-level mock of the precision study (a template shifted by known velocities with noise at a
 given SNR) is :func:`noisy_shifted_spectra`.
 """
 
@@ -155,13 +157,177 @@ def noisy_shifted_spectra(model, wave: np.ndarray, velocities: np.ndarray, snr: 
     return flux, 1.0 / sigma**2
 
 
+# ----------------------------------------------------------------------------- MRS-like FITS files
+@dataclasses.dataclass
+class MRSFilesConfig:
+    """Multi-epoch LAMOST-MRS-like FITS files with known velocities and exposure zero points."""
+
+    out_dir: str = "datasets/rv_mrs_files"
+    seed: int = 7
+    n_stars: int = 12
+    n_nights: int = 3
+    exposures_per_night: int = 3
+    n_spectrographs: int = 1
+    snr_min: float = 20.0  # per-pixel SNR of the red arm, uniform per exposure; blue gets 0.6x
+    snr_max: float = 80.0
+    zp_scatter: float = 2.0  # km/s, Gaussian zero point per spectrograph, arm and exposure
+    binary_fraction: float = 0.25
+    binary_k_max: float = 30.0  # km/s
+    n_lines: int = 120  # absorption lines per arm of the synthetic star
+    resolution: float = 7500.0
+
+
+def _synthetic_star(rng: np.random.Generator, n_lines: int, resolution: float):
+    """A random absorption-line spectrum per arm (Gaussian lines of the instrumental width)."""
+    from skyvar.spectra.mrs import ARMS
+
+    out = {}
+    for arm, (lo, hi) in ARMS.items():
+        centres = rng.uniform(lo - 100, hi + 100, n_lines)
+        depth = rng.uniform(0.05, 0.5, n_lines) * rng.choice([0.3, 1.0], n_lines, p=[0.6, 0.4])
+        width = centres / resolution / 2.3548 * rng.uniform(1.0, 1.3, n_lines)
+
+        def model(w, c=centres, d=depth, s=width):
+            w = np.asarray(w, dtype=np.float64)
+            f = np.ones_like(w)
+            for k in range(len(c)):
+                f -= d[k] * np.exp(-0.5 * ((w - c[k]) / s[k]) ** 2)
+            return np.clip(f, 0.05, None)
+
+        out[arm] = model
+    return out
+
+
+def write_mrs_fits(path, header: dict, exposures: list[dict], coadds: list[dict] | None = None) -> Path:
+    """Write a LAMOST-MRS-layout FITS file (see :mod:`skyvar.spectra.mrs`).
+
+    ``header``: primary keys (OBSID, RA, DEC, OBJNAME, SPID, FIBERID, LMJD, PLANID …); ``exposures``:
+    dicts with arm ('B'/'R'), lmjm, wave, flux, ivar, snr and optional pixmask, exptime; ``coadds``: dicts
+    with arm, wave, flux, ivar, snr, lmjms. Written atomically.
+    """
+    from astropy.io import fits
+
+    from skyvar.utils.atomic import atomic_path
+
+    h0 = fits.Header()
+    h0["EXTNAME"] = "Information"
+    for k, v in header.items():
+        h0[k] = v
+    hdus = [fits.PrimaryHDU(header=h0)]
+    for c in coadds or []:
+        cols = [fits.Column(name="FLUX", format="E", array=c["flux"]), fits.Column(name="IVAR", format="E", array=c["ivar"]),
+                fits.Column(name="LOGLAM", format="E", array=np.log10(c["wave"])),
+                fits.Column(name="ANDMASK", format="I", array=np.zeros(len(c["wave"]), np.int16)),
+                fits.Column(name="ORMASK", format="I", array=np.zeros(len(c["wave"]), np.int16))]
+        hdu = fits.BinTableHDU.from_columns(cols, name=f"COADD_{c['arm']}")
+        for j, i in enumerate(range(0, len(c["lmjms"]), 3)):
+            hdu.header[f"LMJMLIS{j}"] = "-".join(str(x) for x in c["lmjms"][i:i + 3])
+        hdu.header["SNR"] = c["snr"]
+        hdus.append(hdu)
+    for e in exposures:
+        pm = e.get("pixmask", np.zeros(len(e["wave"]), np.int16))
+        cols = [fits.Column(name="FLUX", format="E", array=e["flux"]), fits.Column(name="IVAR", format="E", array=e["ivar"]),
+                fits.Column(name="LOGLAM", format="E", array=np.log10(e["wave"])),
+                fits.Column(name="PIXMASK", format="I", array=pm)]
+        hdu = fits.BinTableHDU.from_columns(cols, name=f"{e['arm']}-{e['lmjm']}")
+        hdu.header["LMJM"] = str(e["lmjm"])
+        hdu.header["EXPTIME"] = e.get("exptime", 1200)
+        hdu.header["SNR"] = e["snr"]
+        hdus.append(hdu)
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    return Path(path)
+
+
+def simulate_mrs_files(cfg: MRSFilesConfig) -> Table:
+    """Write one MRS file per star and night under ``cfg.out_dir`` and return the truth table.
+
+    Every exposure of spectrograph s and arm a has a zero point zp ~ N(0, zp_scatter): all its spectra are
+    shifted by the star's velocity plus zp (a wavelength-calibration error acts as a common velocity
+    shift). Constant stars have a fixed velocity; a ``binary_fraction`` of stars move sinusoidally.
+    Single-exposure grids are log-uniform with a random sub-pixel start (the resampling is exercised),
+    the red arm stored in descending wavelength like the real files. Truth columns: source, arm,
+    exposure, spectrograph, true_v (absolute km/s), true_zp (km/s), star_type.
+    """
+    from skyvar.spectra.mrs import LAMOST_SITE
+    from skyvar.spectra.rv import C_KMS
+
+    rng = np.random.default_rng(cfg.seed)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lmjd0 = 58400
+    lmjm = {}  # (night, k) -> local modified Julian minute
+    for n in range(cfg.n_nights):
+        for k in range(cfg.exposures_per_night):
+            lmjm[(n, k)] = (lmjd0 + 3 * n) * 1440 + 20 * 60 + 30 + 25 * k
+    zp = {(s, a, key): rng.normal(0, cfg.zp_scatter) for s in range(1, cfg.n_spectrographs + 1)
+          for a in "BR" for key in lmjm}
+    rows = []
+    for i in range(cfg.n_stars):
+        model = _synthetic_star(rng, cfg.n_lines, cfg.resolution)
+        spid = 1 + i % cfg.n_spectrographs
+        v0 = rng.uniform(-60, 60)
+        binary = rng.random() < cfg.binary_fraction
+        k_amp, period, t0 = rng.uniform(5, cfg.binary_k_max), rng.uniform(0.5, 5), rng.uniform(0, 5)
+        ra, dec = rng.uniform(0, 360), rng.uniform(-10, 60)
+        for n in range(cfg.n_nights):
+            exps, coadds = [], []
+            for k in range(cfg.exposures_per_night):
+                m = lmjm[(n, k)]
+                t_mjd = m / 1440.0 - 8 / 24
+                v = v0 + (k_amp * np.sin(2 * np.pi * (t_mjd - t0) / period) if binary else 0.0)
+                snr_r = rng.uniform(cfg.snr_min, cfg.snr_max)
+                for arm, (lo, hi) in (("B", (4893.9, 5374.7)), ("R", (6292.4, 6846.0))):
+                    z = zp[(spid, arm, (n, k))]
+                    snr = snr_r * (0.6 if arm == "B" else 1.0)
+                    npix = int(np.log10(hi / lo) / 1e-5)
+                    wave = 10 ** (np.log10(lo) + (np.arange(npix) + rng.uniform(0, 1)) * 1e-5)
+                    vt = v + z
+                    b = vt / C_KMS
+                    cont = 1000 * (1 - 0.5 * ((wave - wave.mean()) / (np.ptp(wave) / 2)) ** 2)
+                    f = model[arm](wave / np.sqrt((1 + b) / (1 - b))) * cont
+                    sig = np.sqrt(f * np.median(f)) / snr
+                    flux = f + rng.normal(0, 1, npix) * sig
+                    ivar = 1 / sig**2
+                    if arm == "R":
+                        wave, flux, ivar = wave[::-1], flux[::-1], ivar[::-1]
+                    exps.append({"arm": arm, "lmjm": m, "wave": wave, "flux": flux, "ivar": ivar, "snr": round(snr, 2)})
+                    rows.append({"source": f"star{i:04d}", "arm": arm, "exposure": str(m), "spectrograph": spid,
+                                 "true_v": v, "true_zp": z, "star_type": "binary" if binary else "constant"})
+            header = {"OBSID": 1000 * i + n, "RA": ra, "DEC": dec, "OBJNAME": f"star{i:04d}",
+                      "DESIG": f"SIM J{i:04d}", "PLANID": f"SIMPLATE{n:02d}", "LMJD": lmjd0 + 3 * n, "SPID": spid,
+                      "FIBERID": 1 + i, "LONGITUD": LAMOST_SITE["lon"], "LATITUDE": LAMOST_SITE["lat"], "HELIO": True,
+                      "HELIO_RV": 0.0, "VACUUM": True, "DATA_V": "skyvar sim"}
+            write_mrs_fits(out / f"med-{lmjd0 + 3 * n}-SIMPLATE{n:02d}_sp{spid:02d}-{i + 1:03d}.fits", header, exps, coadds)
+    truth = Table(rows=rows)
+    truth.meta["config"] = dataclasses.asdict(cfg)
+    write_table_atomic(truth, out / "truth.ecsv")
+    return truth
+
+
 def main(overrides: list[str]) -> int:
-    if overrides and overrides[0] in ("-h", "--help"):
+    mode = "velocities"
+    rest = []
+    for o in overrides:
+        if o.startswith("mode="):
+            mode = o.split("=", 1)[1]
+        else:
+            rest.append(o)
+    cls = {"velocities": RVMockConfig, "fits": MRSFilesConfig}.get(mode)
+    if cls is None:
+        print(f"rv_mock: mode must be 'velocities' (the paper's mock) or 'fits' (MRS files), got {mode!r}",
+              file=sys.stderr)
+        return 2
+    if rest and rest[0] in ("-h", "--help"):
         print(__doc__)
-        print("keys:", ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(RVMockConfig)))
+        print(f"keys ({mode}):", ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls)))
         return 0
     try:
-        cfg = config_from_dotlist(RVMockConfig, overrides)
+        cfg = config_from_dotlist(cls, rest)
+        if mode == "fits":
+            truth = simulate_mrs_files(cfg)
+            log.info("rv_mock fits: %d spectra of %d stars -> %s", len(truth), cfg.n_stars, cfg.out_dir)
+            return 0
         rows, stars = simulate_rv_mock(cfg)
     except ValueError as e:
         print(f"rv_mock: {e}", file=sys.stderr)

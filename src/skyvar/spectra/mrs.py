@@ -126,11 +126,12 @@ def _file_meta(hdr: fits.Header, path: Path) -> dict[str, Any]:
     return meta
 
 
-def exposure_times(mjd_utc: np.ndarray, ra: float | None, dec: float | None,
-                   site: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Barycentric Julian date (TDB) and heliocentric Julian date (UTC) of UTC MJDs for a target.
+def exposure_times(mjd_utc, ra, dec, site: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Barycentric Julian date (TDB) and heliocentric Julian date (UTC) of UTC MJDs.
 
-    NaN when RA/Dec are unknown. IERS tables shipped with astropy are used; no download is attempted.
+    ``ra``, ``dec`` [deg] scalars or arrays matching ``mjd_utc`` (one target per time); NaN where a
+    time or position is unknown. One vectorised astropy call for all times; the IERS tables shipped with
+    astropy are used, no download is attempted.
     """
     from astropy import units as u
     from astropy.coordinates import EarthLocation, SkyCoord
@@ -138,21 +139,37 @@ def exposure_times(mjd_utc: np.ndarray, ra: float | None, dec: float | None,
     from astropy.utils import iers
 
     mjd_utc = np.atleast_1d(np.asarray(mjd_utc, dtype=float))
-    nan = np.full(mjd_utc.shape, np.nan)
-    ok = np.isfinite(mjd_utc)
-    if ra is None or dec is None or not np.isfinite(ra) or not np.isfinite(dec) or not ok.any():
-        return nan, nan.copy()
+    ra = np.broadcast_to(np.asarray(np.nan if ra is None else ra, dtype=float), mjd_utc.shape)
+    dec = np.broadcast_to(np.asarray(np.nan if dec is None else dec, dtype=float), mjd_utc.shape)
+    bjd = np.full(mjd_utc.shape, np.nan)
+    hjd = np.full(mjd_utc.shape, np.nan)
+    ok = np.isfinite(mjd_utc) & np.isfinite(ra) & np.isfinite(dec)
+    if not ok.any():
+        return bjd, hjd
     site = site or LAMOST_SITE
     loc = EarthLocation.from_geodetic(site["lon"] * u.deg, site["lat"] * u.deg, site["height"] * u.m)
-    coord = SkyCoord(ra * u.deg, dec * u.deg)
+    coord = SkyCoord(ra[ok] * u.deg, dec[ok] * u.deg)
     with iers.conf.set_temp("auto_download", False), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # IERS-B range notes; sub-second effect on light travel time
         t = Time(mjd_utc[ok], format="mjd", scale="utc", location=loc)
-        bjd = (t.tdb + t.light_travel_time(coord, kind="barycentric")).jd
-        hjd = (t.utc + t.light_travel_time(coord, kind="heliocentric")).jd
-    b, h = nan.copy(), nan.copy()
-    b[ok], h[ok] = bjd, hjd
-    return b, h
+        bjd[ok] = (t.tdb + t.light_travel_time(coord, kind="barycentric")).jd
+        hjd[ok] = (t.utc + t.light_travel_time(coord, kind="heliocentric")).jd
+    return bjd, hjd
+
+
+def add_times(spectra: Iterable[Spectrum]) -> None:
+    """Fill ``meta['bjd_tdb']`` and ``meta['hjd']`` of many spectra in one vectorised call."""
+    spectra = list(spectra)
+    if not spectra:
+        return
+    mjd = np.array([s.meta.get("mjd", np.nan) for s in spectra], dtype=float)
+    ra = np.array([s.meta.get("ra", np.nan) for s in spectra], dtype=float)
+    dec = np.array([s.meta.get("dec", np.nan) for s in spectra], dtype=float)
+    sites = {(s.meta.get("site") or {}).get("lon", LAMOST_SITE["lon"]) for s in spectra}
+    site = spectra[0].meta.get("site") if len(sites) == 1 else None  # mixed sites: the LAMOST default
+    bjd, hjd = exposure_times(mjd, ra, dec, site)
+    for s, b, h in zip(spectra, bjd, hjd):
+        s.meta["bjd_tdb"], s.meta["hjd"] = float(b), float(h)
 
 
 def lmjm_to_mjd_mid(lmjm: float, exptime_s: float) -> float:
@@ -264,13 +281,16 @@ def quality_flag(flux: np.ndarray, ivar: np.ndarray, bad: np.ndarray, snr: float
     return ",".join(reasons)
 
 
-def read_mrs(path: str | os.PathLike, kind: str = "all", arms: Iterable[str] = ("B", "R")) -> list[Spectrum]:
+def read_mrs(path: str | os.PathLike, kind: str = "all", arms: Iterable[str] = ("B", "R"),
+             times: bool = True) -> list[Spectrum]:
     """Read a LAMOST MRS file: every single exposure (``kind='single'``), the co-adds (``'coadd'``) or
     both (``'all'``), for the requested arms. Returns spectra in file order with metadata (see module
     docstring: source, ra, dec, spid, fiberid, arm, kind, exposure, mjd, bjd_tdb, hjd, snr, flag …).
 
-    Raises MRSReadError (naming the file) when the file is unreadable or holds no MRS arm extension. A
-    single damaged extension is skipped with its reason in every returned spectrum's ``meta['warnings']``.
+    ``times=False`` skips the barycentric/heliocentric dates (fill them later for many files at once with
+    :func:`add_times`). Raises MRSReadError (naming the file) when the file is unreadable or holds no MRS
+    arm extension. A single damaged extension is skipped with its reason in every returned spectrum's
+    ``meta['warnings']``.
     """
     if kind not in ("all", "single", "coadd"):
         raise ValueError(f"kind must be 'all', 'single' or 'coadd', got {kind!r}")
@@ -306,12 +326,12 @@ def read_mrs(path: str | os.PathLike, kind: str = "all", arms: Iterable[str] = (
                 ext_notes.append(f"{e}; skipped")
     if n_arm_ext == 0:
         raise MRSReadError(f"{path}: no LAMOST MRS extensions (COADD_B/R, B-<lmjm>, R-<lmjm>) found")
-    if out:
-        mjd = np.array([s.meta["mjd"] for s in out], dtype=float)
-        bjd, hjd = exposure_times(mjd, file_meta.get("ra"), file_meta.get("dec"), file_meta.get("site"))
-        for s, b, h in zip(out, bjd, hjd):
-            s.meta["bjd_tdb"], s.meta["hjd"] = float(b), float(h)
-            s.meta["warnings"] = ext_notes + s.meta["warnings"]
+    for s in out:
+        s.meta["warnings"] = ext_notes + s.meta["warnings"]
+        s.meta.setdefault("bjd_tdb", np.nan)
+        s.meta.setdefault("hjd", np.nan)
+    if times:
+        add_times(out)
     for n in ext_notes:
         log.warning(n)
     return out

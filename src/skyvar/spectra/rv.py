@@ -262,7 +262,7 @@ class RelativeRV:
     """
 
     def __init__(self, window: Sequence[float] = WINDOWS["R"], v_max: float = 500.0, refine_halfwidth: float = 1.5,
-                 n_refine: int = 13, n_fit: int = 17, fit_nsigma: float = 4.0, max_levels: int = 8,
+                 n_refine: int = 9, n_fit: int = 11, fit_nsigma: float = 4.0, max_levels: int = 8,
                  interp: str = "fft", norm_term: bool = True, device: str = "cpu", dtype: str = "float32",
                  chunk_elements: int = 2**24, min_pixels: int = 100, max_sigma_px: float = 6.0,
                  coarse: str = "fft"):
@@ -621,3 +621,7 @@ def reference_indices(groups: Sequence, snr: Sequence[float]) -> np.ndarray:
     leader = order[np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))]
     ref[order] = leader
     return ref
+
+
+def _gauss_fit_for_tests(x, lnp):
+    return RelativeRV._gauss_fit(x, lnp)

@@ -15,7 +15,8 @@ wavelength calibration has fewer arc lines).
 Conventions: ``zp`` is what was subtracted, ``rv_corr = rv - zp[exposure]``; ``sigma`` is eq. 4 (the
 population standard deviation, the paper's Var_rv). Stars with fewer than ``min_exposures`` velocities
 never become candidates (one exposure has sigma 0 and would always qualify). An exposure without any
-candidate gets a NaN zero point and its velocities a NaN ``rv_corr``. ``center_stars=True`` subtracts
+candidate in any iteration gets a NaN zero point and its velocities a NaN ``rv_corr``. If no star
+falls below the mean (all sigma equal) every eligible star is a candidate. ``center_stars=True`` subtracts
 each star's mean before averaging (an extension for stars seen in only some exposures; identical to the
 paper up to a common constant when every star is seen in every exposure).
 """
@@ -67,6 +68,8 @@ def select_candidates(sigma: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     if eligible.any():
         mean = np.mean(sigma[eligible])
         out[eligible] = sigma[eligible] < mean
+        if not out.any():  # all equal (e.g. noiseless): nobody is below the mean, everybody is constant
+            out[eligible] = True
     return out
 
 
@@ -99,6 +102,7 @@ def self_calibrate(star: Sequence, exposure: Sequence, rv: Sequence, candidates:
     history: list[float] = []
     converged = False
     n_c = np.zeros(n_exp)
+    ever = np.zeros(n_exp, dtype=bool)
     it = 0
     for it in range(1, max_iter + 1):
         if it > 1 and reselect:
@@ -113,6 +117,7 @@ def self_calibrate(star: Sequence, exposure: Sequence, rv: Sequence, candidates:
         with np.errstate(invalid="ignore", divide="ignore"):
             dz = np.bincount(ei[rows], vv[rows], minlength=n_exp) / n_c
         dz = np.where(n_c > 0, dz, 0.0)
+        ever |= n_c > 0
         v = v - dz[ei]
         zp += dz
         step = float(np.max(np.abs(dz))) if n_exp else 0.0
@@ -123,7 +128,7 @@ def self_calibrate(star: Sequence, exposure: Sequence, rv: Sequence, candidates:
     if not converged:
         log.warning("zero-point self-calibration did not converge in %d iterations (last change %.3g km/s)",
                     max_iter, history[-1] if history else float("nan"))
-    zp = np.where(n_c > 0, zp, np.nan)
+    zp = np.where(ever, zp, np.nan)
     rv_corr = rv - zp[ei]
     sigma_corr, _, _ = star_sigma(si, rv_corr, n_star)
     return CalibrationResult(exposures=exps, stars=stars, zp=zp, n_candidates=n_c.astype(int), rv_corr=rv_corr,
