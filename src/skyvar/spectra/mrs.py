@@ -24,7 +24,9 @@ already heliocentric-corrected by the LAMOST pipeline (``HELIO``/``HELIO_RV`` in
 
 Quality. Real files contain exposures with SNR <= 0 or a negative median flux (failed extraction or
 sky subtraction). The reader keeps them but records the reason in ``meta['flag']`` (empty string when
-usable); :func:`usable` filters them. Unreadable files raise :class:`MRSReadError` naming the file.
+usable); :func:`usable` filters them. Unreadable files raise :class:`MRSReadError` naming the file, a
+:class:`skyvar.spectra.io.SpectrumReadError` (the FITS opening and header look-ups are the shared ones
+of :mod:`skyvar.spectra.io`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
+from skyvar.spectra.io import SpectrumReadError, header_value, open_fits
 from skyvar.spectra.spectrum import Spectrum
 from skyvar.utils.log import get_logger
 
@@ -49,59 +52,34 @@ LAMOST_SITE = {"lon": 117.58, "lat": 40.39, "height": 960.0}  # deg, deg, m (Xin
 BEIJING_UTC_OFFSET_DAYS = 8.0 / 24.0
 
 
-class MRSReadError(ValueError):
-    """An MRS file (or one of its extensions) that cannot be read; the message names the file."""
+class MRSReadError(SpectrumReadError):
+    """An MRS file (or one of its extensions) that cannot be read; the message names the file.
 
-
-_READ_ERRORS = (OSError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError)
+    A :class:`skyvar.spectra.io.SpectrumReadError`, so batch readers that catch ``SpectrumError`` skip it.
+    """
 
 
 @contextlib.contextmanager
-def _open_fits(path: Path) -> Iterator[fits.HDUList]:
-    """Open a FITS file with every HDU loaded inside a guard (truncation fails here, with the name)."""
-    if not path.exists():
-        raise MRSReadError(f"{path}: no such file")
-    if path.is_dir():
-        raise MRSReadError(f"{path}: is a directory, not a FITS file")
-    if path.stat().st_size == 0:
-        raise MRSReadError(f"{path}: empty file")
+def _open_mrs(path: Path) -> Iterator[fits.HDUList]:
+    """The shared guarded FITS open of :mod:`skyvar.spectra.io` (every HDU loaded inside the guard, so
+    truncation fails here), with its errors raised as MRSReadError."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-            hdul.verify("silentfix")
-            for h in hdul:
-                _ = h.data
-    except _READ_ERRORS as e:
-        raise MRSReadError(f"{path}: cannot read FITS ({type(e).__name__}: {e})") from e
-    try:
-        yield hdul
-    finally:
-        hdul.close()
-
-
-def _hval(hdr: fits.Header, keys: str | Iterable[str], default: Any = None, cast=float) -> Any:
-    """First usable value among ``keys`` (missing, blank, uncastable or non-finite values skipped)."""
-    for k in [keys] if isinstance(keys, str) else keys:
-        if k not in hdr:
-            continue
-        v = hdr[k]
-        if v is None or (isinstance(v, str) and not v.strip()):
-            continue
-        try:
-            out = cast(v.strip() if isinstance(v, str) else v)
-        except (TypeError, ValueError):
-            continue
-        if isinstance(out, float) and not np.isfinite(out):
-            continue
-        return out
-    return default
+        with open_fits(path) as hdul:
+            yield hdul
+    except MRSReadError:
+        raise
+    except SpectrumReadError as e:
+        raise MRSReadError(str(e)) from e
 
 
 def _as_bool(v: Any) -> bool:
     if isinstance(v, str):
         return v.strip().upper() in ("T", "TRUE", "1", "Y", "YES")
     return bool(v)
+
+
+def _hval(hdr: fits.Header, keys: str | Iterable[str], default: Any = None, cast=float) -> Any:
+    return header_value(hdr, keys, default, cast)
 
 
 def _file_meta(hdr: fits.Header, path: Path) -> dict[str, Any]:
@@ -298,7 +276,7 @@ def read_mrs(path: str | os.PathLike, kind: str = "all", arms: Iterable[str] = (
     path = Path(path)
     out: list[Spectrum] = []
     ext_notes: list[str] = []
-    with _open_fits(path) as hdul:
+    with _open_mrs(path) as hdul:
         hdr0 = hdul[0].header
         file_meta = _file_meta(hdr0, path)
         if "VACUUM" in hdr0:
