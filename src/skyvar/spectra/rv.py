@@ -204,6 +204,23 @@ def lnlike_reference(wave, t_flux, t_var, r_flux, r_var, window, v_kms) -> np.nd
     return np.array(out)
 
 
+def lowpass_filter(flux: torch.Tensor, f_cut: float) -> torch.Tensor:
+    """Remove Fourier components above ``f_cut`` cycles/pixel (cosine roll-off from 0.8 to 1.2 f_cut).
+
+    At R = 7500 on the 6.9 km/s grid the line spread function (sigma ~2.5 pixels) leaves < 1 % of the
+    signal above 0.2 cycles/pixel, while white noise spreads evenly up to 0.5: filtering both spectra
+    removes noise that carries no velocity information but whose derivative, multiplied by the other
+    spectrum's noise, dominates the scatter of two-noisy-spectra comparisons at low SNR. The variances
+    are left unchanged, so the curvature of ln p still measures the (signal) information.
+    """
+    n = flux.shape[-1]
+    X = torch.fft.rfft(flux - 1.0, dim=-1)
+    f = torch.arange(X.shape[-1], device=flux.device, dtype=flux.dtype) / n
+    x = ((f - 0.8 * f_cut) / (0.4 * f_cut)).clamp(0, 1)
+    H = 0.5 + 0.5 * torch.cos(math.pi * x)
+    return torch.fft.irfft(X * H, n=n, dim=-1) + 1.0
+
+
 def _next_odd_smooth(n: int) -> int:
     """Smallest odd 3-5-7-smooth integer >= n (fast FFT length without a Nyquist bin)."""
     m = n if n % 2 else n + 1
@@ -256,7 +273,8 @@ class RelativeRV:
 
     Parameters: ``window`` [Å]; ``v_max`` half-range of the coarse search [km/s]; ``refine_halfwidth``
     [pixels] and ``n_refine`` of the refinement grid; ``n_fit``, ``fit_nsigma`` of the Gaussian-fit grids and
-    ``max_levels`` of refinement; ``interp`` 'fft' or 'linear'; ``norm_term`` keep the -0.5 ln(s_t^2 + s_ref^2) term
+    ``max_levels`` of refinement; ``lowpass`` optional low-pass of both spectra [cycles/pixel] (not in the
+    paper; see :func:`lowpass_filter`); ``interp`` 'fft' or 'linear'; ``norm_term`` keep the -0.5 ln(s_t^2 + s_ref^2) term
     of eq. 3; ``device`` 'cpu', 'cuda' or 'auto'; ``dtype`` of the large tensors; ``chunk_elements`` the
     largest (pairs x velocities x pixels) tensor built at once; ``min_pixels`` usable pixels needed.
     """
@@ -265,7 +283,10 @@ class RelativeRV:
                  n_refine: int = 9, n_fit: int = 11, fit_nsigma: float = 4.0, max_levels: int = 8,
                  interp: str = "fft", norm_term: bool = True, device: str = "cpu", dtype: str = "float32",
                  chunk_elements: int = 2**24, min_pixels: int = 100, max_sigma_px: float = 6.0,
-                 coarse: str = "fft"):
+                 coarse: str = "fft", lowpass: float | None = None):
+        if lowpass is not None and not 0 < lowpass < 0.5:
+            raise ValueError(f"lowpass must be a frequency in (0, 0.5) cycles per pixel or None, got {lowpass}")
+        self.lowpass = lowpass
         if coarse not in ("fft", "direct"):
             raise ValueError(f"coarse must be 'fft' or 'direct', got {coarse!r}")
         self.coarse = coarse
@@ -418,6 +439,8 @@ class RelativeRV:
         good = torch.isfinite(flux) & torch.isfinite(ivar) & (ivar > 0)
         var = torch.where(good, 1.0 / torch.where(good, ivar, torch.ones_like(ivar)), torch.full_like(ivar, BIG_VAR))
         fill = _fill_bad(torch.where(torch.isfinite(flux), flux, torch.ones_like(flux)), good)
+        if self.lowpass is not None:
+            fill = lowpass_filter(fill, self.lowpass)
 
         out = {k: np.full(N, np.nan) for k in ("rv", "rv_err", "lnp_max", "chi2_red")}
         out["n_pix"] = np.zeros(N, dtype=np.int64)
