@@ -3,7 +3,13 @@ import pytest
 from astropy.table import Table
 
 from skyvar.sim import __main__ as sim_main
-from skyvar.sim.rv_mock import MRSFilesConfig, RVMockConfig, noisy_shifted_spectra, simulate_mrs_files, simulate_rv_mock
+from skyvar.sim.rv_mock import (
+    MRSFilesConfig,
+    RVMockConfig,
+    noisy_shifted_spectra,
+    simulate_mrs_files,
+    simulate_rv_mock,
+)
 from skyvar.spectra.mrs import read_mrs
 
 

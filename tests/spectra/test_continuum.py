@@ -3,7 +3,13 @@ import pytest
 import torch
 from scipy.interpolate import make_smoothing_spline
 
-from skyvar.spectra.continuum import _segment_edges, normalize, pseudo_continuum, smoothing_spline, solve_pentadiagonal
+from skyvar.spectra.continuum import (
+    _segment_edges,
+    normalize,
+    pseudo_continuum,
+    smoothing_spline,
+    solve_pentadiagonal,
+)
 from skyvar.spectra.rv import log_grid
 
 

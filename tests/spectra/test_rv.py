@@ -6,9 +6,23 @@ from skyvar.sim.rv_mock import _synthetic_star, noisy_shifted_spectra
 from skyvar.spectra.continuum import normalize
 from skyvar.spectra.mrs import read_mrs
 from skyvar.spectra.rv import (
-    C_KMS, FLAG_FEW_PIXELS, FLAG_REFERENCE, GRID_RANGES, WINDOWS, RelativeRV, _gauss_fit_for_tests, lnlike,
-    lnlike_constant, lnlike_reference, log_grid, prepare_arm, reference_indices, resample_to_grid,
-    shift_from_velocity, velocity_from_shift)
+    C_KMS,
+    FLAG_FEW_PIXELS,
+    FLAG_REFERENCE,
+    GRID_RANGES,
+    WINDOWS,
+    RelativeRV,
+    _gauss_fit_for_tests,
+    lnlike,
+    lnlike_constant,
+    lnlike_reference,
+    log_grid,
+    prepare_arm,
+    reference_indices,
+    resample_to_grid,
+    shift_from_velocity,
+    velocity_from_shift,
+)
 from tests.conftest import shared_data
 
 WAVE = log_grid(*GRID_RANGES["R"])
