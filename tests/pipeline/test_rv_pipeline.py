@@ -126,3 +126,17 @@ def test_table_input_with_truth_file(tmp_path):
         rows.remove_column("exposure")
         rows.write(tmp_path / "w.ecsv")
         RVPipeline(out_dir=str(tmp_path / "o2"), input=str(tmp_path / "w.ecsv")).run()
+
+
+def test_precision_study_small(tmp_path):
+    from skyvar.pipeline.rv import RVPrecisionStudy
+
+    data = shared_data()
+    s = RVPrecisionStudy(out_dir=str(tmp_path), data_dir=str(data), snr=[30], n_mc=6, types=["G"], arms=["R"],
+                         teff_test=True, device="cpu").run()
+    t = Table.read(tmp_path / "precision.ecsv")
+    assert s["n_rows"] == len(t) == 2 + 3  # real MRS + redrock G, then BOSZ 0/500/1000 K
+    assert set(t["template"][t["test"] == "type"]) == {"MRS-real", "redrock-G"}
+    mrs = t[t["template"] == "MRS-real"][0]
+    assert 0.05 < mrs["sigma_rv"] < 5.0 and mrs["frac_failed"] == 0
+    assert (tmp_path / "fig8_precision_vs_snr.png").exists() and (tmp_path / "fig9_teff_change.png").exists()
