@@ -95,7 +95,7 @@ def test_pseudo_continuum_torch_matches_numpy_and_handles_bad_rows():
     c, _ = pseudo_continuum(wave, flux, good)
     ct, _ = pseudo_continuum(torch.tensor(wave), torch.tensor(flux), torch.tensor(good))
     assert np.all(np.isnan(c[2])) and np.isfinite(c[:2]).all()
-    np.testing.assert_allclose(ct.numpy()[:2], c[:2], rtol=1e-9)
+    np.testing.assert_allclose(ct.numpy()[:2], c[:2], rtol=1e-6)  # LDL^T loop vs LAPACK Cholesky
     fn, iv, cont, ok = normalize(wave, flux, np.full(flux.shape, 1e-4), good)
     assert not ok[2].any() and np.all(iv[2] == 0)
     np.testing.assert_allclose(fn[0] * cont[0], flux[0])

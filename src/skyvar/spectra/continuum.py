@@ -135,7 +135,30 @@ def smoothing_spline(x, y, w, lam: float = 1e6):
         raise ValueError("smoothing_spline: every row needs at least two pixels with positive weight")
     p0, p1, p2 = _penalty_bands(x, lam, xp)
     yy = xp.where(w > 0, y, xp.zeros_like(y))
+    if xp is np and y.shape[0] <= SMALL_BATCH:
+        return _solve_rows_lapack(p0 + w, p1, p2, w * yy)
     return solve_pentadiagonal(p0 + w, p1, p2, w * yy)
+
+
+SMALL_BATCH = 48  # below this many rows a LAPACK call per row beats the vectorised pixel loop
+
+
+def _solve_rows_lapack(d0, e1, e2, rhs):
+    """The same banded SPD solves, one LAPACK ``pbsv`` per row (fast for a handful of spectra)."""
+    from scipy.linalg import solveh_banded
+
+    N, G = rhs.shape
+    d0 = np.broadcast_to(d0, (N, G))
+    e1 = np.broadcast_to(e1, (N, G - 1))
+    e2 = np.broadcast_to(e2, (N, G - 2))
+    out = np.empty_like(rhs)
+    ab = np.zeros((3, G))
+    for i in range(N):
+        ab[0, 2:] = e2[i]
+        ab[1, 1:] = e1[i]
+        ab[2] = d0[i]
+        out[i] = solveh_banded(ab, rhs[i], check_finite=False)
+    return out
 
 
 def _segment_edges(wave_1d: np.ndarray, segment: float) -> list[tuple[int, int]]:
