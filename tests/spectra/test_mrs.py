@@ -31,6 +31,10 @@ def test_real_file_every_exposure_and_coadd():
     with fits.open(path) as h:
         pm = h["B-84107311"].data["PIXMASK"]
     assert b.mask.sum() >= (pm != 0).sum()
+    # the blue co-add has exact-zero fill values with ivar > 0 and ANDMASK 0 near 5210 Å: masked
+    cb = [s for s in ss if s.meta["extname"] == "COADD_B"][0]
+    z = (cb.wavelength > 5209.7) & (cb.wavelength < 5210.6)
+    assert np.all(cb.flux[z & cb.mask] == 0) and cb.mask[z].sum() >= 3 and not np.any(cb.flux[~cb.mask] == 0)
 
 
 def test_real_file_times():

@@ -490,7 +490,7 @@ class RVPrecisionStudy:
     sigma_rv is the standard deviation of (measured - true). Templates:
 
     - Figure 8 (spectral types): the real LAMOST MRS co-add of the shared data (a G/K star, SNR 280 red /
-      120 blue, its own noise included) and redrock archetypes of classes B, A, F, G, K, M (for each class
+      120 blue; its noise above 0.25 cycles/pixel, beyond the line spread function, filtered out) and redrock archetypes of classes B, A, F, G, K, M (for each class
       the archetype closest to the class median spectrum), broadened from their native R ≈ 8800 (measured
       from their line widths) to the MRS R = 7500;
     - Figure 9 (temperature change, a pulsator): reference BOSZ Teff = 5750 K and epochs at 5750 K (no
@@ -557,8 +557,7 @@ class RVPrecisionStudy:
         return out
 
     def _mrs_model(self) -> dict:
-        from scipy.interpolate import CubicSpline
-
+        from skyvar.sim.rv_mock import band_limited_model
         from skyvar.spectra.mrs import read_mrs
 
         f = self.data_dir / "spectra" / "lamost_mrs" / "med-58408-TD230151N343645T01_sp01-015.fits"
@@ -567,14 +566,17 @@ class RVPrecisionStudy:
             return {}
         models = {}
         for s in read_mrs(f, kind="coadd", times=False):
-            good = ~s.mask
-            ll = np.log10(s.wavelength[good])
-            models[s.meta["arm"]] = CubicSpline(ll, s.flux[good])
+            # the co-add grid is uniform in log10 to float32 precision of LOGLAM: rebuild it exactly
+            ll = np.log10(s.wavelength)
+            step = np.round(np.median(np.diff(ll)), 8)
+            ll0 = ll[0] + np.median(ll - ll[0] - step * np.arange(len(ll)))
+            wave = 10 ** (ll0 + step * np.arange(len(ll)))
+            # its own noise (SNR 280 red, 120 blue) above the line spread function is removed
+            models[s.meta["arm"]] = band_limited_model(wave, s.flux, good=~s.mask, max_freq=0.25)
         return {"MRS-real": lambda wave, m=models: _arm_dispatch(m, wave)}
 
     def _bosz_models(self) -> dict:
-        from scipy.interpolate import CubicSpline
-
+        from skyvar.sim.rv_mock import band_limited_model
         from skyvar.spectra.io import open_fits
 
         d = self.data_dir / "spectra" / "bosz"
@@ -594,7 +596,7 @@ class RVPrecisionStudy:
         curves = {"5750 K": norm[5750][1], "6250 K": 0.5 * (norm[5750][1] + f6750), "6750 K": f6750}
         # a common smooth spectral shape (a G star's f_lambda over the arms) so the continuum fit has work
         shape = (w / 5500.0) ** -2
-        return {k: (lambda wave, cs=CubicSpline(np.log10(w), v * shape): cs(np.log10(wave))) for k, v in curves.items()}
+        return {k: band_limited_model(w, v * shape) for k, v in curves.items()}
 
     def _run_one(self, model_t, model_ref, arm: str, rng, est) -> list[dict]:
         from skyvar.sim.rv_mock import noisy_shifted_spectra
@@ -673,10 +675,10 @@ class RVPrecisionStudy:
 
 
 def _arm_dispatch(models: dict, wave):
-    """Evaluate per-arm splines: each row of ``wave`` belongs to the arm whose range holds its median."""
+    """Evaluate per-arm models: ``wave`` belongs to the arm whose range holds its median."""
     wave = np.asarray(wave, dtype=float)
     arm = "B" if np.median(wave) < 6000 else "R"
-    return models[arm](np.log10(wave))
+    return models[arm](wave)
 
 
 def _figure_precision(tab: Table, path, title: str):

@@ -13,7 +13,9 @@ One MRS file holds one target observed on one night (one plan, one spectrograph,
 :func:`read_mrs` returns one :class:`~skyvar.spectra.spectrum.Spectrum` per (exposure or co-add, arm),
 wavelengths in Å sorted ascending (single red-arm exposures are stored descending on the native CCD
 grid), ``vacuum`` from the header (LAMOST writes vacuum), flux in the file's relative units, ivar in
-1/flux², ``mask`` True where ivar <= 0, the pixel mask is non-zero or values are not finite.
+1/flux², ``mask`` True where ivar <= 0, the pixel mask (PIXMASK, or ANDMASK for co-adds) is non-zero,
+values are not finite, or the flux is exactly 0 (a fill value: the shared file's blue co-add has such a
+run with ivar > 0 and no mask bit).
 
 Times. LMJM counts minutes of *Beijing local time* (UTC + 8 h) since MJD 0 and marks the exposure
 start to the minute (checked against DATE-BEG/DATE-OBS of the shared file). ``meta['mjd']`` is the
@@ -200,7 +202,9 @@ def _spectrum_from_hdu(hdu, path: Path, file_meta: dict, vacuum: bool) -> Spectr
         keep = ~dup
         flux, ivar, loglam, pixmask = flux[keep], ivar[keep], loglam[keep], pixmask[keep]
     wave = 10.0**loglam
-    bad = (~np.isfinite(flux)) | (~np.isfinite(ivar)) | (ivar <= 0) | (pixmask != 0)
+    # exact zeros are fill values of the LAMOST pipeline (e.g. COADD_B 5209.8-5210.5 Å of the shared
+    # file, ivar > 0 and masks 0): no sky-subtracted pixel is exactly 0
+    bad = (~np.isfinite(flux)) | (~np.isfinite(ivar)) | (ivar <= 0) | (pixmask != 0) | (flux == 0.0)
     flux = np.where(np.isfinite(flux), flux, 0.0)
     ivar = np.where(bad, 0.0, ivar)
 
