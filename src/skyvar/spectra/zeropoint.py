@@ -136,6 +136,13 @@ def self_calibrate(star: Sequence, exposure: Sequence, rv: Sequence, candidates:
                              n_iter=it, converged=converged, history=history)
 
 
+def _stars_per_exposure(exposure: np.ndarray, source: np.ndarray) -> dict:
+    """Distinct stars per exposure label (vectorised: one unique over the pairs)."""
+    pairs = np.unique(np.stack([exposure.astype(str), source.astype(str)], axis=1), axis=0)
+    e, n = np.unique(pairs[:, 0], return_counts=True)
+    return dict(zip(e, (int(k) for k in n)))
+
+
 def calibrate_catalog(source: Sequence, exposure: Sequence, spectrograph: Sequence, arm: Sequence, rv: Sequence,
                       first_arm: str = "R", second_arm_reselect: bool = False, min_stars: int = 5,
                       **kwargs) -> tuple[np.ndarray, list[dict], list[dict]]:
@@ -168,10 +175,9 @@ def calibrate_catalog(source: Sequence, exposure: Sequence, spectrograph: Sequen
             if n_eligible < min_stars:
                 log.warning("spectrograph %s arm %s: %d star(s) with >= %d velocities; zero points cannot be "
                             "self-calibrated (relative velocities only)", sp, a, n_eligible, min_exp)
-                for e in np.unique(exposure[sel]):
+                for e, n_st in _stars_per_exposure(exposure[sel], src).items():
                     zrows.append({"spectrograph": sp, "arm": a, "exposure": e, "zp": np.nan, "n_candidates": 0,
-                                  "n_stars": int(len(np.unique(src[exposure[sel] == e]))), "n_iter": 0,
-                                  "converged": False, "calibrated": False})
+                                  "n_stars": n_st, "n_iter": 0, "converged": False, "calibrated": False})
                 sig, _, nn = star_sigma(np.unique(src, return_inverse=True)[1], rv[sel], len(np.unique(src)))
                 for s_, sg, n_ in zip(np.unique(src), sig, nn):
                     srows.append({"source": s_, "spectrograph": sp, "arm": a, "n_exp": int(n_), "sigma_raw": sg,
@@ -188,7 +194,7 @@ def calibrate_catalog(source: Sequence, exposure: Sequence, spectrograph: Sequen
             if a == first_arm:
                 first_cands = set(res.stars[res.candidate])
             rv_corr[sel] = res.rv_corr
-            n_per_exp = {e: len(np.unique(src[exposure[sel] == e])) for e in res.exposures}
+            n_per_exp = _stars_per_exposure(exposure[sel], src)
             for e, z, nc in zip(res.exposures, res.zp, res.n_candidates):
                 zrows.append({"spectrograph": sp, "arm": a, "exposure": e, "zp": z, "n_candidates": int(nc),
                               "n_stars": n_per_exp[e], "n_iter": res.n_iter, "converged": res.converged,
