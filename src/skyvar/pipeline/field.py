@@ -209,6 +209,8 @@ class FieldPipeline:
         cfg = self.logger_cfg
         if not cfg:
             return None
+        if not isinstance(cfg, dict):  # a logger object passed in directly
+            return cfg
         items = cfg.values() if isinstance(cfg, dict) and "_target_" not in cfg else [cfg]
         for c in items:
             if not c:
@@ -276,7 +278,8 @@ class FieldPipeline:
         self.truth = truth
         files = expand_inputs(inp)
         log.info("field pipeline: %d frames -> %s", len(files), self.out_dir)
-        detector = instantiate_component(self.detector_cfg, f"detector {self.detector_cfg.get('name', '')}")
+        dname = self.detector_cfg.get("name", "") if isinstance(self.detector_cfg, dict) else ""
+        detector = instantiate_component(self.detector_cfg, f"detector {dname}".strip())
         name = getattr(detector, "name", "detector")
         mode = self.photometry
         if mode == "auto":
