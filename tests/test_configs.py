@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TRAIN_GROUPS = ["trainer", "logger", "callbacks", "model", "data", "experiment"]
-INFER_GROUPS = ["pipeline", "detector"]
+INFER_GROUPS = ["pipeline", "detector", "infer_experiment"]
 
 
 def _options(group):
