@@ -95,6 +95,14 @@ def test_rerun_reuses_every_stage(first_run, sim):
     s2 = _pipeline(out, sim).run()
     ran = {k: v for k, v in s2["stages"].items() if v.get("status") != "skipped"}
     assert ran and all(v.get("reused") for v in ran.values()), ran
+    # a run killed during photometry: no manifest, some catalogues missing -> only those frames are redone
+    (out / "photometry" / "_stage.json").unlink()
+    for c in sorted((out / "photometry" / "catalogs").glob("*.ecsv"))[:2]:
+        c.unlink()
+    s_int = _pipeline(out, sim).run()
+    m = s_int["stages"]["photometry"]["metrics"]
+    assert m["n_resumed"] == 18 and m["n_frames"] == 20
+    assert s_int["stages"]["associate"]["reused"]
     # a changed stage configuration reruns that stage and those after it, not the ones before
     s3 = _pipeline(out, sim, candidates={"min_points": 12, "n_plot": 0}).run()
     assert s3["stages"]["photometry"]["reused"] and s3["stages"]["features"]["reused"]

@@ -408,12 +408,23 @@ class FieldPipeline:
 
     def _photometry(self, d: Path, files: list[Path], detector, cfg: dict) -> dict:
         from skyvar.pipeline.detect import DetectPipeline
+        from skyvar.utils.config import stable_hash as _h
 
         dp = DetectPipeline(detector=detector, out_dir=str(d), detector_config=cfg, resume=self.resume,
                             progress=self.progress)
+        # Resume after an interruption: catalogues already written with this configuration are found
+        # from their ECSV header alone (reading 1000 full catalogues would take minutes).
+        want = _h({"detector": cfg})
+        done, todo = [], []
+        for f in files:
+            c = d / "catalogs" / f"{_frame_id(f)}.ecsv"
+            (done if self.resume and _ecsv_config_hash(c) == want else todo).append((f, c))
+        if done:
+            log.info("photometry: %d of %d frames already measured with this configuration", len(done), len(files))
         t0 = time.perf_counter()
-        cats, failures = dp.detect_files(files)
+        cats, failures = dp.detect_files([f for f, _ in todo])
         wall = time.perf_counter() - t0
+        cats = sorted([c for _, c in done] + list(cats))
         n_src = []
         for c in cats[:3]:
             from skyvar.lightcurves.associate import read_catalog
@@ -424,9 +435,10 @@ class FieldPipeline:
                 pass
         for f in failures:
             f["step"] = f.pop("stage", "detect")
-        return {"catalogs": [str(c) for c in cats], "metrics": {"n_frames": len(cats), "n_failed": len(failures),
-                                                                 "s_per_frame": wall / max(len(cats), 1),
-                                                                 "sources_per_frame": float(np.mean(n_src)) if n_src else 0.0},
+        return {"catalogs": [str(c) for c in cats],
+                "metrics": {"n_frames": len(cats), "n_failed": len(failures), "n_resumed": len(done),
+                            "s_per_frame": wall / max(len(todo), 1),
+                            "sources_per_frame": float(np.mean(n_src)) if n_src else 0.0},
                 "_failures": failures}
 
     def _eval_detection(self, d: Path, catalogs: list[Path], truth) -> dict:
@@ -588,6 +600,31 @@ class FieldPipeline:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _frame_id(path: Path) -> str:
+    name = Path(path).name
+    for sfx in (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts"):
+        if name.lower().endswith(sfx):
+            return name[: -len(sfx)]
+    return Path(path).stem
+
+
+def _ecsv_config_hash(path: Path) -> str | None:
+    """The ``config_hash`` in an ECSV catalogue's header (None if absent or unreadable)."""
+    import re
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.startswith("#"):
+                    return None
+                m = re.search(r"config_hash:\s*['\"]?([0-9a-f]+)", line)
+                if m:
+                    return m.group(1)
+    except OSError:
+        return None
+    return None
+
+
 def _brief(rec: dict) -> dict:
     """A stage record for summary.json: without the long lists (they stay in the stage's manifest)."""
     return {k: v for k, v in rec.items() if k not in ("failures", "catalogs", "outputs", "hash")}
