@@ -485,16 +485,20 @@ def plot_examples(runs: dict[str, tuple[Any, pd.DataFrame]], truth: TimeSeriesTr
         return None
     t = truth.table
     fm = truth.frames["mjd"].to_numpy(float)
+    curves = {name: load_curves(store, st.loc[st["truth_row"].isin(list(examples.values())), "source_id"])
+              for name, (store, st) in runs.items()}
     fig, axes = plt.subplots(len(examples), 1, figsize=(8, 2.6 * len(examples)), squeeze=False)
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for ax, (case, row) in zip(axes[:, 0], examples.items()):
         if truth.mag_epoch is not None:
             ax.plot(fm - fm[0], truth.mag_epoch[row], "k-", lw=1, label="truth", zorder=5)
-        for k, (name, (store, st)) in enumerate(runs.items()):
+        for k, (name, (_, st)) in enumerate(runs.items()):
             sid = st.loc[st["truth_row"] == row, "source_id"]
             if not len(sid):
                 continue
-            lc = _load_curve(store, int(sid.iloc[0]))
+            lc = curves[name].get(int(sid.iloc[0]))
+            if lc is None:
+                continue
             ax.plot(lc["time"] - fm[0], lc["mag"], ".", ms=2, color=colors[k % 4], alpha=0.6, label=name)
         r = t.iloc[row]
         ax.invert_yaxis()
@@ -509,13 +513,20 @@ def plot_examples(runs: dict[str, tuple[Any, pd.DataFrame]], truth: TimeSeriesTr
     return path
 
 
-def _load_curve(store, source_id: int) -> pd.DataFrame:
-    """One light curve from a partitioned store (Parquet row-group statistics skip most of it)."""
+def load_curves(store, source_ids) -> dict[int, pd.DataFrame]:
+    """Light curves of ``source_ids`` from a partitioned store in one scan: {source_id: (time, mag) sorted}."""
     import pyarrow.dataset as ds
 
+    ids = [int(i) for i in source_ids]
+    if not ids:
+        return {}
     d = ds.dataset(str(store), format="parquet", partitioning="hive")
-    t = d.to_table(columns=["time", "mag"], filter=ds.field("source_id") == int(source_id))
-    return t.to_pandas().sort_values("time")
+    t = d.to_table(columns=["source_id", "time", "mag"], filter=ds.field("source_id").isin(ids)).to_pandas()
+    return {int(k): g.sort_values("time") for k, g in t.groupby("source_id")}
+
+
+def _load_curve(store, source_id: int) -> pd.DataFrame:
+    return load_curves(store, [source_id]).get(int(source_id), pd.DataFrame({"time": [], "mag": []}))
 
 
 # ------------------------------------------------------------------------------------------ comparison

@@ -712,7 +712,7 @@ def plot_candidates(cand: pd.DataFrame, store: Path, out: Path, n: int = 12) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from skyvar.evaluate.lightcurves import _load_curve
+    from skyvar.evaluate.lightcurves import load_curves
     from skyvar.utils.atomic import savefig_atomic
 
     out.mkdir(parents=True, exist_ok=True)
@@ -741,9 +741,10 @@ def plot_candidates(cand: pd.DataFrame, store: Path, out: Path, n: int = 12) -> 
         cols = 3
         rows = int(np.ceil(len(order) / cols))
         fig, axes = plt.subplots(rows, cols, figsize=(10, 2.2 * rows), squeeze=False)
+        curves = load_curves(store, cand["source_id"].to_numpy()[order])
         for ax, i in zip(axes.ravel(), order):
             r = cand.iloc[i]
-            lc = _load_curve(store, int(r["source_id"]))
+            lc = curves.get(int(r["source_id"]), pd.DataFrame({"time": [], "mag": []}))
             per = r.get("period_bls") if np.isfinite(r.get("period_bls", np.nan)) else r.get("period", np.nan)
             t = lc["time"].to_numpy(float)
             if np.isfinite(per) and per > 0:
