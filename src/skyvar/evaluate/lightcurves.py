@@ -444,11 +444,13 @@ def plot_confusion(reports: dict[str, dict], path: Path, which: str = "pipeline"
 
 
 def pick_examples(runs: dict[str, pd.DataFrame], truth: TimeSeriesTruth, mag_target: float = 21.5,
-                  min_epochs: int = 50) -> dict[str, int]:
+                  min_epochs: int | None = None) -> dict[str, int]:
     """Truth rows for the three Figure 13 cases, chosen by a neutral rule (closest to ``mag_target``
     among the stars every run measured): a periodic variable of amplitude ≥ 0.05, a constant star
     within 1.5–4 px of a variable of amplitude ≥ 0.1, and an isolated constant star."""
     t = truth.table
+    if min_epochs is None:  # half the series, at most 50 epochs
+        min_epochs = min(50, len(truth.frames) // 2) if truth.frames is not None else 10
     common = None
     for st in runs.values():
         rows = set(st.loc[(st["truth_row"] >= 0) & (st["n_epochs"].fillna(0) >= min_epochs), "truth_row"].astype(int))
