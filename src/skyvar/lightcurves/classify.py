@@ -1,0 +1,377 @@
+"""Periodic-variable classification of light curves with a trained Astronet, and its evaluation.
+
+**Pipeline stage.** :class:`AstronetStage` is a ``pipeline=lightcurves`` stage: called as
+``stage(batch, out_dir)`` on a :class:`~skyvar.lightcurves.batch.LightCurveBatch`, it builds the
+views with the settings stored in the checkpoint (:mod:`skyvar.lightcurves.views`), runs the network
+(GPU when present) and returns one row per light curve (same order) with
+
+- ``p_periodic``: probability of a periodic variable (eclipsing binary, transit, pulsator with a
+  period within the baseline); 0 where the BLS found no significant dip (the gate the network was
+  trained behind), NaN where the light curve is unusable (too few points / bad view);
+- ``periodic``: ``p_periodic >= threshold``;
+- ``astronet_class``: arg-max of the multi-class head (constant / eb / transit / pulsator / flare),
+  ``no_period`` behind the BLS gate, ``unusable`` for unusable light curves;
+- ``astronet_flag`` (:data:`~skyvar.lightcurves.views.FLAG_NAMES` bits) and the BLS numbers
+  ``bls_period, bls_duration, bls_t0, bls_depth, bls_depth_snr, bls_sde``.
+
+It keeps the views of the best candidates and, in ``finalize``, writes
+``out_dir/plots/<name>/candidates.png`` and ``p_periodic_hist.png``.
+
+**Evaluation.** ``python -m skyvar.lightcurves.classify evaluate checkpoint=<ckpt>
+data=csst_lightcurves,csst_lightcurves_paper out_dir=docs/figures/astronet`` composes each named
+``conf/data`` config, predicts every light curve of its test split (rows behind the BLS gate count as
+predicted non-periodic, as in a real pipeline) and writes per data set ``metrics_<data>.json``,
+``confusion_<data>.png``, ``roc_<data>.png``, ``transit_accuracy_vs_snr_<data>.png`` (accuracy of
+transits versus the light-curve S/N of the paper's eq. 5, see
+:func:`skyvar.sim.csst_lightcurves.light_curve_snr`) and ``multiclass_<data>.png``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skyvar.lightcurves.batch import LightCurveBatch
+from skyvar.lightcurves.views import FLAG_NO_PERIOD, FLAG_TOO_FEW_POINTS, ViewConfig, compute_views
+from skyvar.utils.log import get_logger
+
+log = get_logger(__name__)
+
+DEFAULT_CHECKPOINT = "models/astronet-csst/astronet.pt"
+
+
+def decisions(p_net: np.ndarray, flag: np.ndarray) -> np.ndarray:
+    """Pipeline-level p_periodic: the network's probability where the views exist, 0 behind the BLS
+    gate (no significant dip), NaN for unusable light curves."""
+    p = np.asarray(p_net, float).copy()
+    flag = np.asarray(flag)
+    gated = (flag & FLAG_NO_PERIOD) != 0
+    p[gated] = 0.0
+    unusable = (flag != 0) & ~gated
+    p[unusable] = np.nan
+    return p
+
+
+class AstronetStage:
+    """``pipeline=lightcurves`` stage adding ``p_periodic`` and a class per light curve."""
+
+    def __init__(self, checkpoint: str = DEFAULT_CHECKPOINT, device: str = "auto", threshold: float | None = None,
+                 batch_size: int = 4096, views: dict | None = None, name: str = "astronet", n_examples: int = 12,
+                 plots: bool = True):
+        self.checkpoint = checkpoint
+        self.device = device
+        self.threshold = threshold
+        self.batch_size = batch_size
+        self.view_overrides = dict(views or {})
+        self.name = name
+        self.n_examples = n_examples
+        self.plots = plots
+        self._predictor = None
+        self._examples: list[dict] = []
+
+    @property
+    def predictor(self):
+        if self._predictor is None:
+            from skyvar.inference import resolve_device
+            from skyvar.models.astronet_module import load_astronet
+
+            path = Path(self.checkpoint)
+            if not path.is_absolute() and not path.exists():
+                import os
+
+                path = Path(os.environ.get("SKYVAR_ROOT", ".")) / path
+            self._predictor = load_astronet(path, device=resolve_device(self.device))
+            log.info("astronet: loaded %s on %s", path, self._predictor.device)
+        return self._predictor
+
+    def view_config(self) -> ViewConfig:
+        from skyvar.utils.config import config_from_dotlist
+
+        base = {**self.predictor.views, **self.view_overrides}
+        base["device"] = str(self.predictor.device)
+        return config_from_dotlist(ViewConfig, base=base)
+
+    def __call__(self, batch: LightCurveBatch, out_dir: Path | None = None) -> pd.DataFrame:
+        pred = self.predictor
+        v = compute_views(batch, self.view_config())
+        out = pred.predict(v.global_view, v.local_view, v.aux, batch_size=self.batch_size)
+        p = decisions(out["p_periodic"], v.flag)
+        thr = pred.threshold if self.threshold is None else float(self.threshold)
+        df = pd.DataFrame({"p_periodic": p, "periodic": p >= thr})
+        cls = np.full(len(v), "unusable", dtype=object)
+        cls[(v.flag & FLAG_NO_PERIOD) != 0] = "no_period"
+        ok = v.flag == 0
+        if "class_proba" in out and pred.classes:
+            names = np.asarray(pred.classes, dtype=object)
+            cls[ok] = names[np.argmax(out["class_proba"][ok], axis=1)]
+        else:
+            cls[ok] = np.where(df["periodic"].to_numpy()[ok], "periodic", "non_periodic")
+        df["astronet_class"] = cls
+        df["astronet_flag"] = v.flag
+        for k in ("period", "duration", "t0", "depth", "depth_snr", "sde"):
+            df[f"bls_{k}"] = getattr(v.bls, k)
+        if self.plots and self.n_examples:
+            self._keep_examples(batch, v, p)
+        return df
+
+    def _keep_examples(self, batch, v, p):
+        order = np.argsort(-np.nan_to_num(p, nan=-1.0))[: self.n_examples]
+        for i in order:
+            if not np.isfinite(p[i]) or v.flag[i] != 0:
+                continue
+            self._examples.append({"source_id": batch.source_id[i], "p": float(p[i]), "period": float(v.bls.period[i]),
+                                   "global": v.global_view[i], "local": v.local_view[i]})
+        self._examples = sorted(self._examples, key=lambda e: -e["p"])[: self.n_examples]
+
+    def finalize(self, features: pd.DataFrame, out_dir: Path) -> None:
+        if not self.plots:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from skyvar.utils.atomic import savefig_atomic
+
+        pdir = Path(out_dir) / "plots" / self.name
+        if "p_periodic" in features.columns:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            p = features["p_periodic"].to_numpy(float)
+            ax.hist(p[np.isfinite(p)], bins=50, log=True)
+            ax.set_xlabel("p_periodic")
+            ax.set_ylabel("light curves")
+            savefig_atomic(fig, pdir / "p_periodic_hist.png")
+            plt.close(fig)
+        if self._examples:
+            n = len(self._examples)
+            fig, axes = plt.subplots(n, 2, figsize=(8, 1.4 * n), squeeze=False)
+            for ax, e in zip(axes, self._examples):
+                ax[0].plot(e["global"], lw=0.8)
+                ax[0].set_ylabel(f"{e['source_id']}", fontsize=6)
+                ax[0].set_title(f"p={e['p']:.3f}  P={e['period']:.4f} d", fontsize=7)
+                ax[1].plot(e["local"], lw=0.8)
+            axes[-1][0].set_xlabel("global view bin")
+            axes[-1][1].set_xlabel("local view bin")
+            fig.tight_layout()
+            savefig_atomic(fig, pdir / "candidates.png")
+            plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------- evaluation
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict:
+    """Precision, recall, accuracy, F1, confusion matrix [[TN, FP], [FN, TP]], ROC AUC (NaN p → 0)."""
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    y = np.asarray(y).astype(int)
+    p = np.nan_to_num(np.asarray(p, float), nan=0.0)
+    yhat = (p >= threshold).astype(int)
+    cm = confusion_matrix(y, yhat, labels=[0, 1])
+    tn, fp, fn, tp = (int(x) for x in cm.ravel())
+    prec = tp / (tp + fp) if tp + fp else float("nan")
+    rec = tp / (tp + fn) if tp + fn else float("nan")
+    return {"n": int(len(y)), "n_pos": int(y.sum()), "threshold": threshold, "precision": prec, "recall": rec,
+            "accuracy": (tp + tn) / max(len(y), 1), "f1": 2 * prec * rec / (prec + rec) if tp else 0.0,
+            "confusion": [[tn, fp], [fn, tp]],
+            "auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")}
+
+
+def accuracy_vs_snr(snr: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> pd.DataFrame:
+    """Fraction correct per S/N bin with a binomial (Wilson 68 %) interval."""
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        s = (snr >= lo) & (snr < hi)
+        n = int(s.sum())
+        k = int(correct[s].sum())
+        if n:
+            z = 1.0
+            c = (k + z * z / 2) / (n + z * z)
+            h = z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+            rows.append({"snr_lo": lo, "snr_hi": hi, "n": n, "accuracy": k / n, "lo68": c - h, "hi68": c + h})
+        else:
+            rows.append({"snr_lo": lo, "snr_hi": hi, "n": 0, "accuracy": np.nan, "lo68": np.nan, "hi68": np.nan})
+    return pd.DataFrame(rows)
+
+
+def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out_dir: Path, tag: str,
+                         class_pred: np.ndarray | None = None, classes: list[str] | None = None) -> dict:
+    """Metrics and figures for one data set; ``tab`` has label, var_type, class_id, snr_lc(_total),
+    mag, view_flag; ``p`` the pipeline-level p_periodic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from skyvar.utils.atomic import savefig_atomic, write_json_atomic
+
+    out_dir = Path(out_dir)
+    y = tab["label"].to_numpy().astype(int)
+    pz = np.nan_to_num(p, nan=0.0)
+    res = {"data": tag, "binary": binary_metrics(y, pz, threshold)}
+    yhat = pz >= threshold
+    res["n_gated"] = int(((tab["view_flag"].to_numpy() & FLAG_NO_PERIOD) != 0).sum())
+    res["n_unusable"] = int(((tab["view_flag"].to_numpy() & FLAG_TOO_FEW_POINTS) != 0).sum())
+    per = {}
+    for vt, g in tab.groupby("var_type"):
+        idx = g.index.to_numpy()
+        per[vt] = {"n": len(idx), "frac_pred_periodic": float(yhat[idx].mean()),
+                   "frac_truly_periodic": float(y[idx].mean())}
+    res["by_var_type"] = per
+    # accuracy versus light-curve S/N for transits (periodic ones: correct = predicted periodic)
+    tr = (tab["var_type"] == "transit").to_numpy() & (y == 1)
+    edges = np.array([0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 1e9])
+    edges_tot = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 40, 1e9])
+    acc = accuracy_vs_snr(tab["snr_lc"].to_numpy()[tr], yhat[tr], edges)
+    acc_t = accuracy_vs_snr(tab["snr_lc_total"].to_numpy()[tr], yhat[tr], edges_tot)
+    res["transit_accuracy_vs_snr_lc"] = acc.to_dict(orient="records")
+    res["transit_accuracy_vs_snr_lc_total"] = acc_t.to_dict(orient="records")
+    for name, g in (("eb", tab["class_name"] == "eb"), ("pulsator", tab["class_name"] == "pulsator")):
+        s = g.to_numpy() & (y == 1)
+        res[f"{name}_recall"] = float(yhat[s].mean()) if s.any() else float("nan")
+        hi = s & (tab["snr_lc_total"].to_numpy() > 10)
+        res[f"{name}_recall_snr_total_gt10"] = float(yhat[hi].mean()) if hi.any() else float("nan")
+    # recall restricted to detectable signals
+    for cut in (5.0, 7.0, 10.0):
+        s = (y == 1) & (tab["snr_lc_total"].to_numpy() >= cut)
+        res[f"recall_snr_total_ge{cut:g}"] = float(yhat[s].mean()) if s.any() else float("nan")
+    if class_pred is not None and classes:
+        from sklearn.metrics import confusion_matrix
+
+        cm = confusion_matrix(tab["class_id"].to_numpy(), class_pred, labels=list(range(len(classes))))
+        res["multiclass_confusion"] = cm.tolist()
+        res["multiclass_classes"] = list(classes)
+        res["multiclass_accuracy"] = float(np.trace(cm) / max(cm.sum(), 1))
+
+    # ---- figures
+    cmx = np.array(res["binary"]["confusion"])
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    ax.imshow(cmx / cmx.sum(1, keepdims=True).clip(1), cmap="Blues", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(cmx):
+        ax.text(j, i, f"{v}\n{v / max(cmx[i].sum(), 1):.1%}", ha="center", va="center", fontsize=8)
+    ax.set_xticks([0, 1], ["non-periodic", "periodic"])
+    ax.set_yticks([0, 1], ["non-periodic", "periodic"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    b = res["binary"]
+    ax.set_title(f"{tag}: precision {b['precision']:.3f}, recall {b['recall']:.3f}", fontsize=8)
+    savefig_atomic(fig, out_dir / f"confusion_{tag}.png")
+    plt.close(fig)
+
+    fig, axs = plt.subplots(1, 2, figsize=(8, 3.5))
+    if 0 < y.sum() < len(y):
+        fpr, tpr, _ = roc_curve(y, pz)
+        axs[0].plot(fpr, tpr, label=f"AUC = {b['auc']:.3f}")
+        axs[0].set_xscale("log")
+        axs[0].set_xlim(1e-4, 1)
+        pr, rc, _ = precision_recall_curve(y, pz)
+        axs[1].plot(rc, pr)
+        axs[1].plot([b["recall"]], [b["precision"]], "ko", label=f"threshold {threshold}")
+        axs[1].plot([0.93], [0.976], "r*", ms=10, label="paper (PNet pipeline)")
+    axs[0].set_xlabel("false positive rate")
+    axs[0].set_ylabel("true positive rate")
+    axs[0].legend(fontsize=7)
+    axs[1].set_xlabel("recall")
+    axs[1].set_ylabel("precision")
+    axs[1].legend(fontsize=7)
+    fig.suptitle(tag, fontsize=9)
+    fig.tight_layout()
+    savefig_atomic(fig, out_dir / f"roc_{tag}.png")
+    plt.close(fig)
+
+    fig, axs = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, a, xl in ((axs[0], acc, "light-curve S/N, eq. 5: rms(signal) / rms(noise) per epoch"),
+                      (axs[1], acc_t, "accumulated S/N = sqrt(N) x eq. 5")):
+        ok = a["n"] > 0
+        x = np.sqrt(a["snr_lo"].clip(lower=1e-3) * a["snr_hi"].clip(upper=a["snr_lo"].max() * 2 + 1))
+        ax.errorbar(x[ok], a["accuracy"][ok], yerr=[(a["accuracy"] - a["lo68"])[ok], (a["hi68"] - a["accuracy"])[ok]],
+                    fmt="o-")
+        ax.set_xscale("log")
+        ax.set_xlabel(xl, fontsize=8)
+        ax.set_ylabel("transits classified periodic")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axs[0].axvline(1.7, color="r", ls=":", lw=0.8)
+    axs[0].axvline(2.0, color="r", ls="--", lw=0.8, label="paper: <0.2 below 1.7, ~0.95 above 2")
+    axs[0].legend(fontsize=7)
+    fig.suptitle(f"{tag}: transit accuracy versus S/N", fontsize=9)
+    fig.tight_layout()
+    savefig_atomic(fig, out_dir / f"transit_accuracy_vs_snr_{tag}.png")
+    plt.close(fig)
+
+    if "multiclass_confusion" in res:
+        cm = np.array(res["multiclass_confusion"])
+        fig, ax = plt.subplots(figsize=(4.6, 4))
+        ax.imshow(cm / cm.sum(1, keepdims=True).clip(1), cmap="Blues", vmin=0, vmax=1)
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(classes)), classes, rotation=30, fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_xlabel("predicted (gated → constant)")
+        ax.set_ylabel("true")
+        ax.set_title(f"{tag}: multi-class head, accuracy {res['multiclass_accuracy']:.3f}", fontsize=8)
+        savefig_atomic(fig, out_dir / f"multiclass_{tag}.png")
+        plt.close(fig)
+    write_json_atomic(out_dir / f"metrics_{tag}.json", res)
+    return res
+
+
+def evaluate_datamodule(dm, predictor, out_dir: Path, tag: str, split: str | None = "test") -> dict:
+    """Predict every light curve of ``split`` of a :class:`LightCurveViewsDataModule` and evaluate."""
+    tab, arr = dm.split_arrays(split)
+    out = predictor.predict(arr["global_view"], arr["local_view"], arr["aux"])
+    p = decisions(out["p_periodic"], tab["view_flag"].to_numpy())
+    cls = None
+    if "class_proba" in out:
+        cls = np.where(np.isfinite(out["class_proba"]).all(1), np.nan_to_num(out["class_proba"]).argmax(1), 0)
+    return evaluate_predictions(tab, p, predictor.threshold, out_dir, tag, cls, predictor.classes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "evaluate":
+        print(__doc__)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    kv = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
+    ckpt = kv.pop("checkpoint", DEFAULT_CHECKPOINT)
+    out_dir = Path(kv.pop("out_dir", "docs/figures/astronet"))
+    datas = kv.pop("data", "csst_lightcurves,csst_lightcurves_paper").split(",")
+    device = kv.pop("device", "auto")
+    extra = [f"{k}={v}" for k, v in kv.items()]  # further Hydra overrides, e.g. data.sim.n_stars=...
+    import os
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from skyvar.inference import resolve_device
+    from skyvar.models.astronet_module import load_astronet
+
+    root = Path(os.environ.setdefault("SKYVAR_ROOT", str(Path.cwd())))
+    predictor = load_astronet(ckpt, device=resolve_device(device))
+    results = {}
+    for name in datas:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(root / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=[f"data={name}", "logger=none", "paths.output_dir=.", *extra])
+        dm = instantiate(cfg.data)
+        vc = dict(dm.view_cfg.__dict__)
+        trained = {k: v for k, v in predictor.views.items() if k not in ("device", "chunk_size", "bls_chunk", "num_threads")}
+        diff = {k: (vc.get(k), v) for k, v in trained.items() if k in vc and _norm(vc.get(k)) != _norm(v)}
+        if diff:
+            log.warning("data %s builds views differently from the training (%s)", name, diff)
+        results[name] = evaluate_datamodule(dm, predictor, out_dir, name, "test")
+        b = results[name]["binary"]
+        print(f"{name}: n={b['n']} periodic={b['n_pos']} precision={b['precision']:.4f} recall={b['recall']:.4f} "
+              f"accuracy={b['accuracy']:.4f} AUC={b['auc']:.4f}")
+    return 0
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+if __name__ == "__main__":
+    sys.exit(main())
