@@ -103,13 +103,19 @@ def test_pipeline_stage_contract(tmp_path):
     assert stage.name == "astronet"
     df = stage(b, tmp_path)
     assert len(df) == 4 and list(df.index) == [0, 1, 2, 3]
-    assert {"p_periodic", "periodic", "astronet_class", "astronet_flag", "bls_period"} <= set(df.columns)
+    assert {"p_periodic", "astronet_periodic", "astronet_class", "astronet_flag", "astronet_period"} <= set(df.columns)
     assert np.isnan(df["p_periodic"][2]) and df["astronet_class"][2] == "unusable"
     assert df["astronet_flag"][2] & FLAG_TOO_FEW_POINTS
     assert df["p_periodic"][3] == 0.0 and df["astronet_class"][3] == "no_period" and df["astronet_flag"][3] & FLAG_NO_PERIOD
     assert ((df["p_periodic"][:2] > 0) & (df["p_periodic"][:2] < 1)).all()
-    np.testing.assert_allclose(df["bls_period"][:2], [0.31, 0.47], rtol=0.01)
-    stage.finalize(df, tmp_path)
+    np.testing.assert_allclose(df["astronet_period"][:2], [0.31, 0.47], rtol=0.01)
+    # points are taken from the batch mask only (the pipeline applies its flag policy before)
+    b.flag = np.full(b.mag.shape, 2, np.int32)
+    df2 = stage(b, tmp_path)
+    np.testing.assert_array_equal(df2["p_periodic"].to_numpy(), df["p_periodic"].to_numpy())
+    fin = stage.finalize(df, tmp_path)
+    assert len(fin) == 4 and "p_periodic_adjusted" in fin.columns
+    assert fin["p_periodic_adjusted"][3] == 0.0 and np.isnan(fin["p_periodic_adjusted"][2])
     assert (tmp_path / "plots" / "astronet" / "candidates.png").exists()
     assert (tmp_path / "plots" / "astronet" / "p_periodic_hist.png").exists()
 
@@ -191,3 +197,18 @@ def test_view_config_in_hparams_is_complete_after_setup(tmp_path):
     m.setup("fit")
     assert m.hparams.views == dataclasses.asdict(DM.view_cfg)
     assert float(m.pos_weight) == 3.0 and bool(m.aux.fitted)
+
+
+def test_prior_adjust_recovers_population_prior():
+    from skyvar.lightcurves.classify import prior_adjust
+
+    rng = np.random.default_rng(2)
+    y = rng.random(20000) < 0.1
+    x = rng.normal(np.where(y, 1.0, -1.0), 1.0)
+    p_bal = 1 / (1 + np.exp(-2 * x))  # exact posterior under a 50/50 prior
+    adj, pi = prior_adjust(p_bal, 0.5)
+    assert pi == pytest.approx(0.1, abs=0.01)
+    exact = 1 / (1 + np.exp(-2 * x) * 0.9 / 0.1)  # exact posterior under the true 10 % prior
+    np.testing.assert_allclose(adj, exact, atol=0.02)
+    out, _ = prior_adjust(np.array([0.2, np.nan]), 0.5)
+    assert np.isnan(out[1])

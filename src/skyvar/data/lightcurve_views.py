@@ -184,9 +184,11 @@ def _read_table(path: str | Path) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------- view cache
 def build_view_cache(store: str | Path, labels: pd.DataFrame, cfg: ViewConfig, out_dir: str | Path,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, mask_flags: int | None = None) -> Path:
     """Compute views for every light curve of ``store`` that has a label; cache under ``out_dir``
-    (resumable per chunk). Returns ``out_dir``."""
+    (resumable per chunk). With ``mask_flags`` only points whose store flag hits those bits are
+    dropped (the light-curve pipeline's policy); otherwise ``cfg.drop_flagged`` applies. Returns
+    ``out_dir``."""
     out = Path(out_dir)
     done = out / "done.json"
     if done.exists():
@@ -204,6 +206,9 @@ def build_view_cache(store: str | Path, labels: pd.DataFrame, cfg: ViewConfig, o
         keep = np.isin(batch.source_id, list(labelled)) if labelled else np.ones(len(batch), bool)
         if not keep.all():
             batch = _subset(batch, keep)
+        if mask_flags is not None and batch.flag is not None:
+            batch.mask &= (batch.flag & int(mask_flags)) == 0
+            batch.flag = None
         tc = time.perf_counter()
         v = compute_views(batch, cfg)
         tab = v.table()
@@ -259,7 +264,7 @@ class LightCurveViewsDataModule(L.LightningDataModule):
                  store: str | None = None, labels: str | None = None, sources: str | None = None,
                  truth: str | None = None, match_radius_pix: float = 1.0, keep_unmatched: bool = True,
                  views: dict | None = None, splits: tuple[float, float, float] | list[float] = (0.7, 0.15, 0.15),
-                 batch_size: int = 256, num_workers: int = 0, seed: int = 12345, augment_flip: bool = False,
+                 batch_size: int = 256, num_workers: int = 0, seed: int = 12345, mask_flags: int | None = None,
                  progress: bool = True):
         super().__init__()
         self.data_dir = Path(data_dir)
@@ -267,6 +272,7 @@ class LightCurveViewsDataModule(L.LightningDataModule):
         self.sim_cfg = config_from_dotlist(CSSTLightCurveConfig, base=dict(sim or {})) if source == "sim" else None
         self.store, self.labels_path, self.sources_path, self.truth_path = store, labels, sources, truth
         self.match_radius_pix, self.keep_unmatched = match_radius_pix, keep_unmatched
+        self.mask_flags = mask_flags
         self.view_cfg = config_from_dotlist(ViewConfig, base=dict(views or {}))
         self.splits = tuple(float(s) for s in splits)
         if len(self.splits) != 3 or min(self.splits) < 0 or sum(self.splits) <= 0:
@@ -286,7 +292,8 @@ class LightCurveViewsDataModule(L.LightningDataModule):
             if not self.store:
                 raise ValueError("source=store needs store=<light-curve store path>")
             key = {"store": str(Path(self.store).resolve()), "labels": self.labels_path, "sources": self.sources_path,
-                   "truth": self.truth_path, "r": self.match_radius_pix, "keep": self.keep_unmatched}
+                   "truth": self.truth_path, "r": self.match_radius_pix, "keep": self.keep_unmatched,
+                   "mask_flags": self.mask_flags}
             return self.data_dir / f"store-{stable_hash(key)}"
         raise ValueError(f"unknown source {self.source!r} (sim | store)")
 
@@ -322,7 +329,8 @@ class LightCurveViewsDataModule(L.LightningDataModule):
         lab, store = self._labels_and_store()
         self.source_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.cache_dir / "view_config.json", dataclasses.asdict(self.view_cfg))
-        build_view_cache(store, lab, self.view_cfg, self.cache_dir, progress=self.progress)
+        build_view_cache(store, lab, self.view_cfg, self.cache_dir, progress=self.progress,
+                         mask_flags=self.mask_flags if self.source == "store" else None)
 
     # ---------------------------------------------------------------- setup / splits
     def load(self) -> pd.DataFrame:
@@ -359,9 +367,9 @@ class LightCurveViewsDataModule(L.LightningDataModule):
     def split_arrays(self, split: str | None, gated_only: bool = False) -> tuple[pd.DataFrame, dict]:
         """(table rows, arrays) of a split (None: all rows), including flagged rows unless ``gated_only``."""
         tab = self.load()
-        sel = np.ones(len(tab), bool) if split is None else (tab["split"] == split).to_numpy()
+        sel = np.ones(len(tab), bool) if split is None else (tab["split"] == split).to_numpy().copy()
         if gated_only:
-            sel &= (tab["view_flag"] == 0).to_numpy()
+            sel = sel & (tab["view_flag"] == 0).to_numpy()
         idx = np.flatnonzero(sel)
         return tab.iloc[idx].reset_index(drop=True), {k: v[idx] for k, v in self._arrays.items()}
 

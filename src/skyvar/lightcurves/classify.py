@@ -8,19 +8,28 @@ views with the settings stored in the checkpoint (:mod:`skyvar.lightcurves.views
 - ``p_periodic``: probability of a periodic variable (eclipsing binary, transit, pulsator with a
   period within the baseline); 0 where the BLS found no significant dip (the gate the network was
   trained behind), NaN where the light curve is unusable (too few points / bad view);
-- ``periodic``: ``p_periodic >= threshold``;
-- ``astronet_class``: arg-max of the multi-class head (constant / eb / transit / pulsator / flare),
+- ``<name>_periodic``: ``p_periodic >= threshold``;
+- ``<name>_class``: arg-max of the multi-class head (constant / eb / transit / pulsator / flare),
   ``no_period`` behind the BLS gate, ``unusable`` for unusable light curves;
-- ``astronet_flag`` (:data:`~skyvar.lightcurves.views.FLAG_NAMES` bits) and the BLS numbers
-  ``bls_period, bls_duration, bls_t0, bls_depth, bls_depth_snr, bls_sde``.
+- ``<name>_flag`` (:data:`~skyvar.lightcurves.views.FLAG_NAMES` bits) and the BLS numbers
+  ``<name>_period, _duration, _t0, _depth, _depth_snr, _sde`` (``<name>`` = ``astronet``).
 
-It keeps the views of the best candidates and, in ``finalize``, writes
-``out_dir/plots/<name>/candidates.png`` and ``p_periodic_hist.png``.
+The points used are those of ``batch.mask``: the pipeline's ``mask_flags`` policy decides which
+flagged points count, the stage drops nothing more. It keeps the views of the best candidates and,
+in ``finalize``, writes ``out_dir/plots/<name>/candidates.png`` and ``p_periodic_hist.png``.
+
+In ``conf/pipeline/lightcurves.yaml`` (``stages:``)::
+
+    - _target_: skyvar.lightcurves.classify.AstronetStage
+      checkpoint: ${paths.models_dir}/astronet-csst/astronet.pt
+      device: ${device}
 
 **Evaluation.** ``python -m skyvar.lightcurves.classify evaluate checkpoint=<ckpt>
 data=csst_lightcurves,csst_lightcurves_paper out_dir=docs/figures/astronet`` composes each named
 ``conf/data`` config, predicts every light curve of its test split (rows behind the BLS gate count as
-predicted non-periodic, as in a real pipeline) and writes per data set ``metrics_<data>.json``,
+predicted non-periodic, as in a real pipeline), evaluates beside it a peer without views (gradient
+boosted trees on the same BLS/auxiliary features, trained on ``baseline=csst_lightcurves``'s training
+split; ``baseline=none`` skips it) and writes per data set ``metrics_<data>.json``,
 ``confusion_<data>.png``, ``roc_<data>.png``, ``transit_accuracy_vs_snr_<data>.png`` (accuracy of
 transits versus the light-curve S/N of the paper's eq. 5, see
 :func:`skyvar.sim.csst_lightcurves.light_curve_snr`) and ``multiclass_<data>.png``.
@@ -60,7 +69,7 @@ class AstronetStage:
 
     def __init__(self, checkpoint: str = DEFAULT_CHECKPOINT, device: str = "auto", threshold: float | None = None,
                  batch_size: int = 4096, views: dict | None = None, name: str = "astronet", n_examples: int = 12,
-                 plots: bool = True):
+                 plots: bool = True, prior_adjust: bool = True):
         self.checkpoint = checkpoint
         self.device = device
         self.threshold = threshold
@@ -69,6 +78,7 @@ class AstronetStage:
         self.name = name
         self.n_examples = n_examples
         self.plots = plots
+        self.prior_adjust = prior_adjust
         self._predictor = None
         self._examples: list[dict] = []
 
@@ -95,12 +105,16 @@ class AstronetStage:
         return config_from_dotlist(ViewConfig, base=base)
 
     def __call__(self, batch: LightCurveBatch, out_dir: Path | None = None) -> pd.DataFrame:
+        import dataclasses
+
         pred = self.predictor
-        v = compute_views(batch, self.view_config())
+        # the batch mask already encodes the caller's flag policy: do not drop flagged points again
+        v = compute_views(dataclasses.replace(batch, flag=None), self.view_config())
         out = pred.predict(v.global_view, v.local_view, v.aux, batch_size=self.batch_size)
         p = decisions(out["p_periodic"], v.flag)
         thr = pred.threshold if self.threshold is None else float(self.threshold)
-        df = pd.DataFrame({"p_periodic": p, "periodic": p >= thr})
+        nm = self.name
+        df = pd.DataFrame({"p_periodic": p, f"{nm}_periodic": p >= thr})
         cls = np.full(len(v), "unusable", dtype=object)
         cls[(v.flag & FLAG_NO_PERIOD) != 0] = "no_period"
         ok = v.flag == 0
@@ -108,11 +122,11 @@ class AstronetStage:
             names = np.asarray(pred.classes, dtype=object)
             cls[ok] = names[np.argmax(out["class_proba"][ok], axis=1)]
         else:
-            cls[ok] = np.where(df["periodic"].to_numpy()[ok], "periodic", "non_periodic")
-        df["astronet_class"] = cls
-        df["astronet_flag"] = v.flag
+            cls[ok] = np.where(df[f"{nm}_periodic"].to_numpy()[ok], "periodic", "non_periodic")
+        df[f"{nm}_class"] = cls
+        df[f"{nm}_flag"] = v.flag
         for k in ("period", "duration", "t0", "depth", "depth_snr", "sde"):
-            df[f"bls_{k}"] = getattr(v.bls, k)
+            df[f"{nm}_{k}"] = getattr(v.bls, k)
         if self.plots and self.n_examples:
             self._keep_examples(batch, v, p)
         return df
@@ -126,9 +140,24 @@ class AstronetStage:
                                    "global": v.global_view[i], "local": v.local_view[i]})
         self._examples = sorted(self._examples, key=lambda e: -e["p"])[: self.n_examples]
 
-    def finalize(self, features: pd.DataFrame, out_dir: Path) -> None:
-        if not self.plots:
-            return
+    def finalize(self, features: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+        """Population step: with ``prior_adjust``, add ``p_periodic_adjusted`` (the probabilities adapted
+        by EM to this population's unknown fraction of periodic variables, :func:`prior_adjust`; the
+        network was trained at a balanced prior); plots. Returns the feature table."""
+        flag_col = f"{self.name}_flag"
+        if self.prior_adjust and "p_periodic" in features.columns and flag_col in features.columns:
+            p = features["p_periodic"].to_numpy(float)
+            adj = p.copy()
+            ok = (features[flag_col].to_numpy() == 0) & np.isfinite(p)
+            if ok.any() and np.isfinite(self.predictor.train_prior):
+                adj[ok], pi = prior_adjust(p[ok], self.predictor.train_prior)
+                log.info("%s: estimated fraction of periodic variables behind the BLS gate %.4f", self.name, pi)
+            features = features.assign(p_periodic_adjusted=adj)
+        if self.plots:
+            self._plots(features, out_dir)
+        return features
+
+    def _plots(self, features: pd.DataFrame, out_dir: Path) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -158,6 +187,32 @@ class AstronetStage:
             fig.tight_layout()
             savefig_atomic(fig, pdir / "candidates.png")
             plt.close(fig)
+
+
+def prior_adjust(p: np.ndarray, train_prior: float = 0.5, n_iter: int = 200, tol: float = 1e-8) -> tuple[np.ndarray, float]:
+    """Adapt probabilities trained under class prior ``train_prior`` to the unknown prior of the
+    population they are applied to, by expectation-maximisation on the unlabelled predictions
+    (Saerens, Latinne & Decaestecker 2002). Returns (adjusted probabilities, estimated prior).
+    NaN inputs stay NaN."""
+    p = np.asarray(p, float)
+    ok = np.isfinite(p)
+    q = np.clip(p[ok], 1e-12, 1 - 1e-12)
+    if not ok.any():
+        return p.copy(), float("nan")
+    pi = float(q.mean())
+    r1, r0 = 1.0 / train_prior, 1.0 / (1.0 - train_prior)
+    for _ in range(n_iter):
+        a = pi * r1 * q
+        adj = a / (a + (1 - pi) * r0 * (1 - q))
+        new = float(adj.mean())
+        if abs(new - pi) < tol:
+            pi = new
+            break
+        pi = new
+    a = pi * r1 * q
+    out = p.copy()
+    out[ok] = a / (a + (1 - pi) * r0 * (1 - q))
+    return out, pi
 
 
 # ------------------------------------------------------------------------------------- evaluation
@@ -196,9 +251,10 @@ def accuracy_vs_snr(snr: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> 
 
 
 def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out_dir: Path, tag: str,
-                         class_pred: np.ndarray | None = None, classes: list[str] | None = None) -> dict:
+                         class_pred: np.ndarray | None = None, classes: list[str] | None = None,
+                         p_baseline: np.ndarray | None = None, train_prior: float = 0.5) -> dict:
     """Metrics and figures for one data set; ``tab`` has label, var_type, class_id, snr_lc(_total),
-    mag, view_flag; ``p`` the pipeline-level p_periodic."""
+    mag, view_flag; ``p`` the pipeline-level p_periodic; ``p_baseline`` an optional peer's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,6 +267,15 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     y = tab["label"].to_numpy().astype(int)
     pz = np.nan_to_num(p, nan=0.0)
     res = {"data": tag, "binary": binary_metrics(y, pz, threshold)}
+    # the network was trained at a balanced prior; adapt it to this population without labels
+    ok = (tab["view_flag"].to_numpy() == 0) & np.isfinite(p)
+    if np.isfinite(train_prior) and ok.any():
+        p_adj = pz.copy()
+        p_adj[ok], pi = prior_adjust(pz[ok], train_prior)
+        res["binary_prior_adjusted"] = binary_metrics(y, p_adj, threshold) | {"estimated_prior_behind_gate": pi,
+                                                                               "train_prior": train_prior}
+    if p_baseline is not None:
+        res["baseline_aux_gbdt"] = binary_metrics(y, np.nan_to_num(p_baseline, nan=0.0), 0.5)
     yhat = pz >= threshold
     res["n_gated"] = int(((tab["view_flag"].to_numpy() & FLAG_NO_PERIOD) != 0).sum())
     res["n_unusable"] = int(((tab["view_flag"].to_numpy() & FLAG_TOO_FEW_POINTS) != 0).sum())
@@ -234,9 +299,12 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
         hi = s & (tab["snr_lc_total"].to_numpy() > 10)
         res[f"{name}_recall_snr_total_gt10"] = float(yhat[hi].mean()) if hi.any() else float("nan")
     # recall restricted to detectable signals
+    yhat_adj = p_adj >= threshold if "binary_prior_adjusted" in res else None
     for cut in (5.0, 7.0, 10.0):
         s = (y == 1) & (tab["snr_lc_total"].to_numpy() >= cut)
         res[f"recall_snr_total_ge{cut:g}"] = float(yhat[s].mean()) if s.any() else float("nan")
+        if yhat_adj is not None:
+            res[f"recall_snr_total_ge{cut:g}_prior_adjusted"] = float(yhat_adj[s].mean()) if s.any() else float("nan")
     if class_pred is not None and classes:
         from sklearn.metrics import confusion_matrix
 
@@ -263,12 +331,21 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     fig, axs = plt.subplots(1, 2, figsize=(8, 3.5))
     if 0 < y.sum() < len(y):
         fpr, tpr, _ = roc_curve(y, pz)
-        axs[0].plot(fpr, tpr, label=f"AUC = {b['auc']:.3f}")
+        axs[0].plot(fpr, tpr, label=f"Astronet, AUC = {b['auc']:.3f}")
+        if p_baseline is not None:
+            bb = res["baseline_aux_gbdt"]
+            f2, t2, _ = roc_curve(y, np.nan_to_num(p_baseline, nan=0.0))
+            axs[0].plot(f2, t2, ls="--", label=f"BLS features only (GBDT), AUC = {bb['auc']:.3f}")
+            p2, r2, _ = precision_recall_curve(y, np.nan_to_num(p_baseline, nan=0.0))
+            axs[1].plot(r2, p2, ls="--", label="BLS features only (GBDT)")
         axs[0].set_xscale("log")
         axs[0].set_xlim(1e-4, 1)
         pr, rc, _ = precision_recall_curve(y, pz)
-        axs[1].plot(rc, pr)
+        axs[1].plot(rc, pr, label="Astronet")
         axs[1].plot([b["recall"]], [b["precision"]], "ko", label=f"threshold {threshold}")
+        if "binary_prior_adjusted" in res:
+            ba = res["binary_prior_adjusted"]
+            axs[1].plot([ba["recall"]], [ba["precision"]], "bs", label="prior-adjusted (EM, no labels)")
         axs[1].plot([0.93], [0.976], "r*", ms=10, label="paper (PNet pipeline)")
     axs[0].set_xlabel("false positive rate")
     axs[0].set_ylabel("true positive rate")
@@ -318,15 +395,34 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     return res
 
 
-def evaluate_datamodule(dm, predictor, out_dir: Path, tag: str, split: str | None = "test") -> dict:
-    """Predict every light curve of ``split`` of a :class:`LightCurveViewsDataModule` and evaluate."""
+def fit_aux_baseline(dm, seed: int = 0):
+    """The peer without views: gradient-boosted trees (scikit-learn) on the standardised BLS/auxiliary
+    features of the training split behind the same BLS gate."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from skyvar.lightcurves.views import AuxScaler
+
+    tab, arr = dm.split_arrays("train", gated_only=True)
+    scaler = AuxScaler().fit(arr["aux"])
+    clf = HistGradientBoostingClassifier(random_state=seed).fit(scaler.transform(arr["aux"]), tab["label"].to_numpy())
+    return scaler, clf
+
+
+def evaluate_datamodule(dm, predictor, out_dir: Path, tag: str, split: str | None = "test", baseline=None) -> dict:
+    """Predict every light curve of ``split`` of a :class:`LightCurveViewsDataModule` and evaluate
+    (``baseline``: the (scaler, classifier) of :func:`fit_aux_baseline`, evaluated alongside)."""
     tab, arr = dm.split_arrays(split)
     out = predictor.predict(arr["global_view"], arr["local_view"], arr["aux"])
     p = decisions(out["p_periodic"], tab["view_flag"].to_numpy())
     cls = None
     if "class_proba" in out:
         cls = np.where(np.isfinite(out["class_proba"]).all(1), np.nan_to_num(out["class_proba"]).argmax(1), 0)
-    return evaluate_predictions(tab, p, predictor.threshold, out_dir, tag, cls, predictor.classes)
+    pb = None
+    if baseline is not None:
+        scaler, clf = baseline
+        pb = decisions(clf.predict_proba(scaler.transform(arr["aux"]))[:, 1], tab["view_flag"].to_numpy())
+    return evaluate_predictions(tab, p, predictor.threshold, out_dir, tag, cls, predictor.classes, pb,
+                                predictor.train_prior)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,7 +435,6 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(kv.pop("out_dir", "docs/figures/astronet"))
     datas = kv.pop("data", "csst_lightcurves,csst_lightcurves_paper").split(",")
     device = kv.pop("device", "auto")
-    extra = [f"{k}={v}" for k, v in kv.items()]  # further Hydra overrides, e.g. data.sim.n_stars=...
     import os
 
     from hydra import compose, initialize_config_dir
@@ -349,23 +444,33 @@ def main(argv: list[str] | None = None) -> int:
     from skyvar.inference import resolve_device
     from skyvar.models.astronet_module import load_astronet
 
+    baseline_data = kv.pop("baseline", "csst_lightcurves")  # training data of the BLS-features peer; "none" = off
+    extra = [f"{k}={v}" for k, v in kv.items()]
     root = Path(os.environ.setdefault("SKYVAR_ROOT", str(Path.cwd())))
     predictor = load_astronet(ckpt, device=resolve_device(device))
-    results = {}
-    for name in datas:
+
+    def datamodule(name):
         GlobalHydra.instance().clear()
         with initialize_config_dir(str(root / "conf"), version_base="1.3"):
             cfg = compose("train", overrides=[f"data={name}", "logger=none", "paths.output_dir=.", *extra])
-        dm = instantiate(cfg.data)
+        return instantiate(cfg.data)
+
+    baseline = fit_aux_baseline(datamodule(baseline_data)) if baseline_data != "none" else None
+    results = {}
+    for name in datas:
+        dm = datamodule(name)
         vc = dict(dm.view_cfg.__dict__)
         trained = {k: v for k, v in predictor.views.items() if k not in ("device", "chunk_size", "bls_chunk", "num_threads")}
         diff = {k: (vc.get(k), v) for k, v in trained.items() if k in vc and _norm(vc.get(k)) != _norm(v)}
         if diff:
             log.warning("data %s builds views differently from the training (%s)", name, diff)
-        results[name] = evaluate_datamodule(dm, predictor, out_dir, name, "test")
-        b = results[name]["binary"]
-        print(f"{name}: n={b['n']} periodic={b['n_pos']} precision={b['precision']:.4f} recall={b['recall']:.4f} "
-              f"accuracy={b['accuracy']:.4f} AUC={b['auc']:.4f}")
+        results[name] = evaluate_datamodule(dm, predictor, out_dir, name, "test", baseline)
+        for key, label in (("binary", "astronet"), ("binary_prior_adjusted", "astronet, prior-adjusted"),
+                           ("baseline_aux_gbdt", "BLS-features GBDT")):
+            if key in results[name]:
+                b = results[name][key]
+                print(f"{name} [{label}]: n={b['n']} periodic={b['n_pos']} precision={b['precision']:.4f} "
+                      f"recall={b['recall']:.4f} accuracy={b['accuracy']:.4f} AUC={b['auc']:.4f}")
     return 0
 
 

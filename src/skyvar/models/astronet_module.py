@@ -110,6 +110,9 @@ class AstronetModule(L.LightningModule):
             if pw == "auto":
                 pw = n_neg / max(n_pos, 1) if n_pos else 1.0
             self.pos_weight.fill_(float(pw or 1.0))
+            # class prior the weighted loss effectively trains for (0.5 with pos_weight="auto")
+            w = float(pw or 1.0)
+            self.hparams.train_prior = n_pos * w / max(n_pos * w + n_neg, 1)
             if self.n_classes and self.hparams.class_weights == "auto" and hasattr(dm, "train_classes"):
                 c = np.bincount(np.asarray(dm.train_classes()), minlength=self.n_classes).astype(float)
                 w = np.where(c > 0, 1.0 / np.maximum(c, 1), 0.0)
@@ -203,6 +206,7 @@ class AstronetPredictor:
     classes: list[str] | None
     threshold: float
     meta: dict
+    train_prior: float = 0.5
 
     @property
     def device(self) -> torch.device:
@@ -288,11 +292,40 @@ def load_astronet(path: str | Path, device: str = "cpu") -> AstronetPredictor:
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the network (missing {missing}, unexpected {unexpected})")
     module.eval().to(device)
+    prior = hp.get("train_prior")
+    if prior is None:  # checkpoints before train_prior was recorded: pos_weight "auto" balances the classes
+        prior = 0.5 if hp.get("pos_weight") == "auto" else float("nan")
     return AstronetPredictor(module=module, views=dict(hp.get("views") or {}), classes=hp.get("classes"),
-                             threshold=float(hp.get("threshold", 0.5)), meta=meta)
+                             threshold=float(hp.get("threshold", 0.5)), meta=meta, train_prior=float(prior))
 
 
 def _init_keys() -> set[str]:
     import inspect
 
     return set(inspect.signature(AstronetModule.__init__).parameters) - {"self"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m skyvar.models.astronet_module export ckpt=<lightning.ckpt> out=<release.pt> [key=value
+    metadata ...]``: write the slim release file of a trained checkpoint."""
+    import json
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "export":
+        print(main.__doc__)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    kv = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
+    if "ckpt" not in kv or "out" not in kv:
+        print("export needs ckpt=<path> and out=<path>", file=sys.stderr)
+        return 2
+    pred = load_astronet(kv.pop("ckpt"))
+    out = kv.pop("out")
+    meta = {k: (json.loads(v) if v[:1] in "[{" else v) for k, v in kv.items()}
+    path = export_release(pred.module, out, meta=meta)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
