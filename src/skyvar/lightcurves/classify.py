@@ -283,7 +283,8 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     for vt, g in tab.groupby("var_type"):
         idx = g.index.to_numpy()
         per[vt] = {"n": len(idx), "frac_pred_periodic": float(yhat[idx].mean()),
-                   "frac_truly_periodic": float(y[idx].mean())}
+                   "frac_truly_periodic": float(y[idx].mean()),
+                   "frac_pass_gate": float((tab["view_flag"].to_numpy()[idx] == 0).mean())}
     res["by_var_type"] = per
     # accuracy versus light-curve S/N for transits (periodic ones: correct = predicted periodic)
     tr = (tab["var_type"] == "transit").to_numpy() & (y == 1)
