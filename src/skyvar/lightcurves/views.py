@@ -379,8 +379,8 @@ def _sde(pg: np.ndarray) -> np.ndarray:
 
 
 def _bls_torch(t, y, ivar, periods, cfg, keep):
-    """Binned BLS, all curves of a chunk per trial period; layout (K, n) so that one ``index_add_``
-    bins every curve with the shared phase index. Scores in float32 (the winning box is re-measured exactly in float64 by :func:`box_statistics`)."""
+    """Binned BLS, all curves of a chunk per trial period; the grid is shared, so one ``index_add_``
+    over the time axis bins every curve with the same phase index. Scores in float32 (the winning box is re-measured exactly in float64 by :func:`box_statistics`)."""
     n = y.shape[0]
     out = _empty_result(n)
     pg_all = np.zeros((n, len(periods)), np.float32)
@@ -396,10 +396,7 @@ def _bls_torch(t, y, ivar, periods, cfg, keep):
         bw = P / nb
         ks = np.unique(np.clip(np.rint(ds / bw).astype(np.int64), 1, nb - 1))
         idx = torch.floor(torch.remainder(tt, P) / bw).long().clamp_(0, nb - 1)
-        # gather positions of the box sums: box of k bins starting at bin j = C[j + k] - C[j]
-        j = torch.arange(nb, device=dev)
-        hi = (torch.as_tensor(ks, device=dev)[:, None] + j[None, :]).reshape(-1)
-        plan.append((nb, bw, ks, idx, hi, j.repeat(len(ks))))
+        plan.append((nb, bw, ks, idx))
     for c0 in range(0, n, cfg.bls_chunk):
         sl = slice(c0, min(c0 + cfg.bls_chunk, n))
         w = torch.as_tensor(ivar[sl].T, dtype=torch.float64, device=dev).contiguous()
@@ -408,22 +405,32 @@ def _bls_torch(t, y, ivar, periods, cfg, keep):
         W = w.sum(0)
         ybar = (w * yy).sum(0) / W.clamp_min(1e-300)
         yc = (yy - ybar) * (w > 0)
-        stack = torch.stack([w, w * yc, (w > 0).double()], 1).float()  # (K, 3, m)
+        # channel-first (3, K, m): each channel's box sums are contiguous slices of its cumulative sum
+        stack = torch.stack([w, w * yc, (w > 0).double()], 0).float()
         W32 = W.float()
         pg = torch.zeros((len(periods), m), dtype=torch.float32, device=dev)
-        arg = torch.zeros((len(periods), m), dtype=torch.long, device=dev)
-        for ip, (nb, _bw, ks, idx, hi, lo) in enumerate(plan):
+        arg = torch.zeros((len(periods), m), dtype=torch.long, device=dev)  # k_index * nb + start bin
+        for ip, (nb, _bw, ks, idx) in enumerate(plan):
             kx = int(ks.max())
-            S = torch.zeros((nb + kx + 1, 3, m), dtype=torch.float32, device=dev)
-            S[1 : nb + 1].index_add_(0, idx, stack)
-            S[nb + 1 :] = S[1 : kx + 1]  # wrap the phase around
-            C = S.cumsum_(0)
-            D = C[hi] - C[lo]  # (nk·nb, 3, m)
-            Wk, Yk, Nk = D[:, 0], D[:, 1], D[:, 2]
-            denom = Wk * (W32 - Wk)
-            ll = Yk.clamp(max=0.0).square_().mul_(W32).div_(denom.clamp_min_(1e-30))
-            ll.masked_fill_((Nk < cfg.min_transit_points - 0.5) | (Wk >= W32), 0.0)
-            pg[ip], arg[ip] = ll.max(0)
+            S = torch.zeros((3, nb + kx + 1, m), dtype=torch.float32, device=dev)
+            S[:, 1 : nb + 1].index_add_(1, idx, stack)
+            S[:, nb + 1 :] = S[:, 1 : kx + 1]  # wrap the phase around
+            C = S.cumsum_(1)
+            best = None
+            for ik, k in enumerate(ks):
+                Wk = C[0, k : k + nb] - C[0, :nb]  # box of k bins starting at each bin
+                Yk = (C[1, k : k + nb] - C[1, :nb]).clamp_(max=0.0)  # dips only
+                Nk = C[2, k : k + nb] - C[2, :nb]
+                ll = Yk.square_().mul_(W32).div_((Wk * (W32 - Wk)).clamp_min_(1e-30))
+                ll.masked_fill_((Nk < cfg.min_transit_points - 0.5) | (Wk >= W32), 0.0)
+                v, j = ll.max(0)
+                if best is None:
+                    best, barg = v, j
+                else:
+                    upd = v > best
+                    best = torch.where(upd, v, best)
+                    barg = torch.where(upd, j + ik * nb, barg)
+            pg[ip], arg[ip] = best, barg
         ip_best = pg.argmax(0).cpu().numpy()
         best = pg.max(0).values.cpu().numpy().astype(np.float64)
         flat = arg.cpu().numpy()[ip_best, np.arange(m)]
@@ -431,7 +438,7 @@ def _bls_torch(t, y, ivar, periods, cfg, keep):
         found = best > 0
         for r_local in np.flatnonzero(found):  # exact statistics of the winning box (cheap, once per curve)
             ip = ip_best[r_local]
-            nb, bw, ks, _, _, _ = plan[ip]
+            nb, bw, ks, _ = plan[ip]
             k, j0 = ks[flat[r_local] // nb], flat[r_local] % nb
             P = periods[ip]
             out["period"][rows[r_local]] = P
