@@ -315,19 +315,27 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
         res["multiclass_accuracy"] = float(np.trace(cm) / max(cm.sum(), 1))
 
     # ---- figures
-    cmx = np.array(res["binary"]["confusion"])
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
-    ax.imshow(cmx / cmx.sum(1, keepdims=True).clip(1), cmap="Blues", vmin=0, vmax=1)
-    for (i, j), v in np.ndenumerate(cmx):
-        ax.text(j, i, f"{v}\n{v / max(cmx[i].sum(), 1):.1%}", ha="center", va="center", fontsize=8)
-    ax.set_xticks([0, 1], ["non-periodic", "periodic"])
-    ax.set_yticks([0, 1], ["non-periodic", "periodic"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    b = res["binary"]
-    ax.set_title(f"{tag}: precision {b['precision']:.3f}, recall {b['recall']:.3f}", fontsize=8)
+    panels = [(f"threshold {threshold:.2g}", res["binary"])]
+    if "binary_prior_adjusted" in res:
+        panels.append(("prior-adjusted (EM, no labels)", res["binary_prior_adjusted"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.5), squeeze=False)
+    for ax, (title, bm) in zip(axes[0], panels):
+        cmx = np.array(bm["confusion"])
+        frac = cmx / cmx.sum(1, keepdims=True).clip(1)
+        ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), v in np.ndenumerate(cmx):
+            ax.text(j, i, f"{v}\n{frac[i, j]:.1%}", ha="center", va="center", fontsize=8,
+                    color="white" if frac[i, j] > 0.5 else "black")
+        ax.set_xticks([0, 1], ["non-periodic", "periodic"])
+        ax.set_yticks([0, 1], ["non-periodic", "periodic"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{title}\nprecision {bm['precision']:.3f}, recall {bm['recall']:.3f}", fontsize=8)
+    fig.suptitle(tag, fontsize=9)
+    fig.tight_layout()
     savefig_atomic(fig, out_dir / f"confusion_{tag}.png")
     plt.close(fig)
+    b = res["binary"]
 
     fig, axs = plt.subplots(1, 2, figsize=(8, 3.5))
     if 0 < y.sum() < len(y):
@@ -382,9 +390,10 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     if "multiclass_confusion" in res:
         cm = np.array(res["multiclass_confusion"])
         fig, ax = plt.subplots(figsize=(4.6, 4))
-        ax.imshow(cm / cm.sum(1, keepdims=True).clip(1), cmap="Blues", vmin=0, vmax=1)
+        frac = cm / cm.sum(1, keepdims=True).clip(1)
+        ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if frac[i, j] > 0.5 else "black")
         ax.set_xticks(range(len(classes)), classes, rotation=30, fontsize=7)
         ax.set_yticks(range(len(classes)), classes, fontsize=7)
         ax.set_xlabel("predicted (gated → constant)")
