@@ -220,3 +220,9 @@ def test_aux_scaler_standardises_log_features():
     assert z[1, 4] == 0.0  # NaN -> the training mean
     s2 = AuxScaler.from_state(s.state())
     np.testing.assert_array_equal(s2.transform(aux), z)
+
+
+def test_period_grid_refuses_absurd_searches():
+    with pytest.raises(ValueError, match="period_max"):
+        period_grid(2000.0, ViewConfig())
+    assert len(period_grid(60.0, ViewConfig(period_max=5.0))) < 50_000

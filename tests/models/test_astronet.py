@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from skyvar.lightcurves.views import AUX_FEATURES, FLAG_NO_PERIOD, FLAG_TOO_FEW_POINTS, AuxScaler, ViewConfig
+from skyvar.lightcurves.views import (
+    AUX_FEATURES,
+    FLAG_NO_PERIOD,
+    FLAG_OUT_OF_RANGE,
+    FLAG_TOO_FEW_POINTS,
+    AuxScaler,
+    ViewConfig,
+)
 from skyvar.models.astronet_module import AstronetModule, AuxStandardiser, export_release, load_astronet
 from skyvar.models.components.astronet import AstronetCNN, ViewColumn
 
@@ -212,3 +219,21 @@ def test_prior_adjust_recovers_population_prior():
     np.testing.assert_allclose(adj, exact, atol=0.02)
     out, _ = prior_adjust(np.array([0.2, np.nan]), 0.5)
     assert np.isnan(out[1])
+
+
+def test_stage_chunks_and_curves_without_a_shared_grid(tmp_path):
+    from skyvar.lightcurves.classify import AstronetStage
+
+    path = export_release(_tiny_module(), tmp_path / "astronet.pt")
+    b, _ = make_box_batch([0.31, 0.47, 0.4], [0.01, 0.01, 0.01])
+    ref = AstronetStage(checkpoint=str(path), device="cpu", plots=False)(b, tmp_path)
+    chunked = AstronetStage(checkpoint=str(path), device="cpu", plots=False, chunk_curves=2)(b, tmp_path)
+    np.testing.assert_array_equal(chunked["p_periodic"].to_numpy(), ref["p_periodic"].to_numpy())
+    # curve 1 observed a season later: no common grid, each curve is processed on its own
+    b.time[1] += 1000.0
+    # curve 2 sparse over 1000 days: far outside the 3.5-day training series -> not classified
+    b.time[2] = np.sort(np.random.default_rng(0).uniform(60000, 61000, b.time.shape[1]))
+    out = AstronetStage(checkpoint=str(path), device="cpu", plots=False)(b, tmp_path)
+    np.testing.assert_allclose(out["p_periodic"][:2], ref["p_periodic"][:2], rtol=1e-5)
+    assert np.isnan(out["p_periodic"][2]) and out["astronet_class"][2] == "unusable"
+    assert out["astronet_flag"][2] == FLAG_OUT_OF_RANGE

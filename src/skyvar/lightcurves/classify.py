@@ -15,7 +15,10 @@ views with the settings stored in the checkpoint (:mod:`skyvar.lightcurves.views
   ``<name>_period, _duration, _t0, _depth, _depth_snr, _sde`` (``<name>`` = ``astronet``).
 
 The points used are those of ``batch.mask``: the pipeline's ``mask_flags`` policy decides which
-flagged points count, the stage drops nothing more. It keeps the views of the best candidates and,
+flagged points count, the stage drops nothing more. Light curves spanning more than ``max_baseline``
+days (default 10: the released model saw 3.5-day CSST series) are not classified (flag
+``out_of_range``, NaN). Curves are processed in blocks of ``chunk_curves``; a block whose curves do
+not share one time grid (e.g. different seasons) falls back to one curve at a time. It keeps the views of the best candidates and,
 in ``finalize``, writes ``out_dir/plots/<name>/candidates.png`` and ``p_periodic_hist.png``.
 
 In ``conf/pipeline/lightcurves.yaml`` (``stages:``)::
@@ -37,19 +40,34 @@ transits versus the light-curve S/N of the paper's eq. 5, see
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from skyvar.lightcurves.batch import LightCurveBatch
-from skyvar.lightcurves.views import FLAG_NO_PERIOD, FLAG_TOO_FEW_POINTS, ViewConfig, compute_views
+from skyvar.lightcurves.views import (
+    FLAG_NO_PERIOD,
+    FLAG_OUT_OF_RANGE,
+    FLAG_TOO_FEW_POINTS,
+    ViewConfig,
+    Views,
+    compute_views,
+    concat_views,
+)
 from skyvar.utils.log import get_logger
 
 log = get_logger(__name__)
 
 DEFAULT_CHECKPOINT = "models/astronet-csst/astronet.pt"
+
+
+def _take(b: LightCurveBatch, idx: np.ndarray) -> LightCurveBatch:
+    return LightCurveBatch(source_id=b.source_id[idx], band=b.band[idx], time=b.time[idx], mag=b.mag[idx],
+                           mag_err=b.mag_err[idx], mask=b.mask[idx], flag=b.flag[idx] if b.flag is not None else None)
 
 
 def decisions(p_net: np.ndarray, flag: np.ndarray) -> np.ndarray:
@@ -69,7 +87,8 @@ class AstronetStage:
 
     def __init__(self, checkpoint: str = DEFAULT_CHECKPOINT, device: str = "auto", threshold: float | None = None,
                  batch_size: int = 4096, views: dict | None = None, name: str = "astronet", n_examples: int = 12,
-                 plots: bool = True, prior_adjust: bool = True):
+                 plots: bool = True, prior_adjust: bool = True, chunk_curves: int = 5000,
+                 max_baseline: float | None = 10.0):
         self.checkpoint = checkpoint
         self.device = device
         self.threshold = threshold
@@ -79,6 +98,8 @@ class AstronetStage:
         self.n_examples = n_examples
         self.plots = plots
         self.prior_adjust = prior_adjust
+        self.chunk_curves = int(chunk_curves)
+        self.max_baseline = max_baseline
         self._predictor = None
         self._examples: list[dict] = []
 
@@ -105,11 +126,25 @@ class AstronetStage:
         return config_from_dotlist(ViewConfig, base=base)
 
     def __call__(self, batch: LightCurveBatch, out_dir: Path | None = None) -> pd.DataFrame:
-        import dataclasses
-
         pred = self.predictor
         # the batch mask already encodes the caller's flag policy: do not drop flagged points again
-        v = compute_views(dataclasses.replace(batch, flag=None), self.view_config())
+        batch = dataclasses.replace(batch, flag=None)
+        cfg = self.view_config()
+        n = len(batch)
+        out_of_range = np.zeros(n, bool)
+        if self.max_baseline and n:
+            tv = np.where(batch.mask, batch.time, np.nan)
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                span = np.nanmax(tv, axis=1) - np.nanmin(tv, axis=1)
+            out_of_range = span > self.max_baseline
+            if out_of_range.any():
+                log.warning("%s: %d light curves span more than max_baseline=%g d; not classified", self.name,
+                            int(out_of_range.sum()), self.max_baseline)
+                batch = dataclasses.replace(batch, mask=batch.mask & ~out_of_range[:, None])
+        v = concat_views([self._views(_take(batch, np.arange(c0, min(c0 + self.chunk_curves, n))), cfg)
+                          for c0 in range(0, max(n, 1), self.chunk_curves)]) if n else compute_views(batch, cfg)
+        v.flag[out_of_range] = FLAG_OUT_OF_RANGE
         out = pred.predict(v.global_view, v.local_view, v.aux, batch_size=self.batch_size)
         p = decisions(out["p_periodic"], v.flag)
         thr = pred.threshold if self.threshold is None else float(self.threshold)
@@ -130,6 +165,24 @@ class AstronetStage:
         if self.plots and self.n_examples:
             self._keep_examples(batch, v, p)
         return df
+
+    def _views(self, batch: LightCurveBatch, cfg: ViewConfig) -> Views:
+        """Views of a block of curves; curves that do not share one time grid (e.g. different seasons in
+        one batch) fall back to one curve at a time, and a curve that cannot be gridded is unusable."""
+        try:
+            return compute_views(batch, cfg)
+        except ValueError as e:
+            log.warning("%s: %d light curves do not share a regular time grid (%s); processing them one by one",
+                        self.name, len(batch), e)
+        parts = []
+        for i in range(len(batch)):
+            one = _take(batch, np.array([i]))
+            try:
+                parts.append(compute_views(one, cfg))
+            except ValueError:
+                empty = dataclasses.replace(one, mask=np.zeros_like(one.mask))
+                parts.append(compute_views(empty, cfg))  # flagged too_few_points, NaN views
+        return concat_views(parts)
 
     def _keep_examples(self, batch, v, p):
         order = np.argsort(-np.nan_to_num(p, nan=-1.0))[: self.n_examples]

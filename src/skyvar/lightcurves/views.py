@@ -66,14 +66,16 @@ log = get_logger(__name__)
 FLAG_TOO_FEW_POINTS = 1
 FLAG_NO_PERIOD = 2
 FLAG_BAD_VIEW = 4
+FLAG_OUT_OF_RANGE = 8  # set by callers: the light curve lies outside what a model was trained on
 FLAG_NAMES = {FLAG_TOO_FEW_POINTS: "too_few_points", FLAG_NO_PERIOD: "no_significant_period",
-              FLAG_BAD_VIEW: "bad_view"}
+              FLAG_BAD_VIEW: "bad_view", FLAG_OUT_OF_RANGE: "out_of_range"}
 
 AUX_FEATURES = ("period", "duration", "depth", "mag", "depth_snr", "sde")
 #: Auxiliary features standardised on a log10 scale (positive scale quantities).
 LOG_FEATURES = ("period", "duration", "depth", "depth_snr", "sde")
 
 LN10_04 = 0.4 * math.log(10.0)
+MAX_TRIAL_PERIODS = 50_000
 
 
 @dataclasses.dataclass
@@ -324,6 +326,10 @@ def period_grid(baseline: float, cfg: ViewConfig) -> np.ndarray:
         return np.zeros(0)
     out = []
     while p <= p_max * (1 + 1e-12):
+        if len(out) >= MAX_TRIAL_PERIODS:
+            raise ValueError(f"a {baseline:.4g}-day baseline with periods up to {p_max:.4g} d needs more than "
+                             f"{MAX_TRIAL_PERIODS} trial periods: lower ViewConfig.period_max or split the light curve "
+                             "(these views are meant for dense time series of days to weeks)")
         out.append(p)
         d = durations_for(p, cfg)
         p *= 1.0 + d.min() / (cfg.period_oversample * baseline)
@@ -669,6 +675,17 @@ def compute_views(batch: LightCurveBatch, cfg: ViewConfig | None = None, keep_pe
     aux = np.stack([bls.period, bls.duration, bls.depth, g.mag, bls.depth_snr, bls.sde], axis=1)
     return Views(source_id=np.asarray(batch.source_id), global_view=gv, local_view=lv, aux=aux, flag=flag,
                  bls=bls, n_points=g.n_points.astype(np.int64), n_clipped=g.n_clipped.astype(np.int64))
+
+
+def concat_views(parts: list[Views]) -> Views:
+    """Concatenate :class:`Views` of consecutive row blocks (periodograms are dropped)."""
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    bls = BLSResult(**{k: np.concatenate([getattr(p.bls, k) for p in parts]) for k in
+                       ("period", "duration", "t0", "depth", "depth_snr", "power", "sde", "n_in")})
+    return Views(source_id=cat("source_id"), global_view=cat("global_view"), local_view=cat("local_view"),
+                 aux=cat("aux"), flag=cat("flag"), bls=bls, n_points=cat("n_points"), n_clipped=cat("n_clipped"))
 
 
 def _chunked_bls(g: GriddedLightCurves, rows: np.ndarray, cfg: ViewConfig, keep: bool, progress: bool) -> BLSResult:
