@@ -33,7 +33,6 @@ Same config and seed give the same data.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
