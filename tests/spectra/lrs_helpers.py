@@ -42,3 +42,15 @@ def write_lamost_file(path: Path, spec: Spectrum | None = None, **header) -> Pat
     hdr = {"OBSID": 1, "RA": 10.0, "DEC": 20.0, "SNRG": 100.0, "CLASS": "STAR", "SUBCLASS": "G5"}
     hdr.update(header)
     return write_lamost_lrs(path, spec, header=hdr)
+
+
+TINY_SIM = {"n_single": 60, "n_binary": 20, "n_eval_binary": 20, "seed": 7, "chunk": 50}
+
+
+def tiny_datamodule(base: Path, **kw):
+    """A SpectraDataModule on a tiny simulated set, cached under ``base`` (shared by tests in a session)."""
+    from skyvar.data.spectra_datamodule import SpectraDataModule
+
+    args = {"data_dir": str(base / "lamost_tiny"), "sim": dict(TINY_SIM), "batch_size": 16, "samples_per_epoch": 32}
+    args.update(kw)
+    return SpectraDataModule(**args)

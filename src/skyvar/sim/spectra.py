@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,9 @@ def noise_gain_curve(reference_dir: str | Path | None, wave: np.ndarray) -> np.n
             c = np.interp(wave, s.wavelength[good], g[good] / np.median(g[gband]), left=np.nan, right=np.nan)
             curves.append(c)
     if curves:
-        G = np.nanmedian(np.array(curves), axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # grid ends no file covers
+            G = np.nanmedian(np.array(curves), axis=0)
         G = np.where(np.isfinite(G), G, np.nanmin(G))
     else:
         log.warning("no LAMOST reference files: using a smooth fallback noise curve")
