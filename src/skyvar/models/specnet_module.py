@@ -111,7 +111,7 @@ def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torc
         return loss
 
     opt.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def load_specnet(path, map_location: str = "cpu") -> SpecNetModule:

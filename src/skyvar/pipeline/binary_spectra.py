@@ -246,6 +246,7 @@ class EvalConfig:
     checkpoint: str = "models/specnet-lamost/specnet.ckpt"
     data: str = "lamost_lrs"  # conf/data/<name>.yaml; its preprocessing is replaced by the checkpoint's
     data_dir: str | None = None  # default: the config's (datasets/lamost_lrs)
+    data_overrides: list = dataclasses.field(default_factory=list)  # Hydra overrides, e.g. ["data.sim.n_single=60"]
     metrics_out: str = "models/specnet-lamost/metrics.json"
     fig_dir: str = "docs/figures/binary_spectra"
     write_temperature: bool = True  # store the fitted temperature in the checkpoint (released models)
@@ -266,6 +267,7 @@ def _datamodule(cfg: EvalConfig, preprocess: dict):
     over = [f"data={cfg.data}", "paths.output_dir=.", f"paths.root_dir={root}"]
     if cfg.data_dir:
         over.append(f"data.data_dir={cfg.data_dir}")
+    over += list(cfg.data_overrides)
     with initialize_config_dir(str(root / "conf"), version_base="1.3"):
         c = compose("train", overrides=over)
     GlobalHydra.instance().clear()

@@ -33,6 +33,7 @@ Same config and seed give the same data.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 import warnings
@@ -151,6 +152,14 @@ def noise_gain_curve(reference_dir: str | Path | None, wave: np.ndarray) -> np.n
     return np.clip(G, 0.02, None)
 
 
+@functools.lru_cache(maxsize=2)
+def _library(redrock_dir: str, bosz_dir: str | None, resolution: float):
+    """The template library on the simulator's fine grid (cached: building it costs seconds)."""
+    from skyvar.spectra.templates import build_stellar_library
+
+    return build_stellar_library(redrock_dir, bosz_dir, loglam=fine_loglam(), resolution=resolution)
+
+
 def _shift_rows(spec: np.ndarray, shift_pix: np.ndarray) -> np.ndarray:
     """Rows of ``spec`` moved by ``shift_pix`` fine pixels (to the red for positive), linear interpolation."""
     n = spec.shape[1]
@@ -175,15 +184,12 @@ def _vband_weight(wave: np.ndarray) -> np.ndarray:
 
 class SpectraSimulator:
     def __init__(self, cfg: SpectraSimConfig):
-        from skyvar.spectra.templates import build_stellar_library
-
         self.cfg = cfg
         self.loglam = fine_loglam()
         self.fine_wave = 10**self.loglam
         self.wave = lamost_wavelength()
         t0 = time.perf_counter()
-        self.lib = build_stellar_library(cfg.redrock_dir, cfg.bosz_dir, loglam=self.loglam,
-                                         resolution=cfg.resolution)
+        self.lib = _library(cfg.redrock_dir, cfg.bosz_dir, cfg.resolution)
         log.info("template library: %d spectra (%.1f s)", len(self.lib), time.perf_counter() - t0)
         self.gain = noise_gain_curve(cfg.noise_reference_dir, self.wave).astype(np.float32)
         # Sky-line pixels: where G dips well below its running median (sky variance).
