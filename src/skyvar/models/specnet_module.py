@@ -23,6 +23,11 @@ class SpecNetModule(L.LightningModule):
     def __init__(self, net: dict | None = None, lr: float = 1e-4, weight_decay: float = 0.0,
                  early_stopping_patience: int = 5, preprocess: dict | None = None):
         super().__init__()
+        from omegaconf import OmegaConf
+
+        # plain containers in the checkpoint, whatever Hydra passed (save_hyperparameters reads the locals)
+        net = OmegaConf.to_container(net, resolve=True) if OmegaConf.is_config(net) else net
+        preprocess = OmegaConf.to_container(preprocess, resolve=True) if OmegaConf.is_config(preprocess) else preprocess
         self.save_hyperparameters()
         self.net = SpecNet(**dict(net or {}))
         self.register_buffer("temperature", torch.tensor(1.0))

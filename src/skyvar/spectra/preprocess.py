@@ -179,8 +179,11 @@ class Preprocessor:
     def __init__(self, cfg: PreprocessConfig | dict | None = None, device: str = "cpu"):
         if cfg is None:
             cfg = PreprocessConfig()
-        elif isinstance(cfg, dict):
-            cfg = PreprocessConfig(**cfg)
+        elif not isinstance(cfg, PreprocessConfig):  # dict, OmegaConf DictConfig (checkpoint hparams)
+            from omegaconf import OmegaConf
+
+            cfg = PreprocessConfig(**(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg)
+                                      else dict(cfg)))
         self.cfg = cfg
         self.wavelength = common_grid(cfg)
         self.region_bad = region_mask(self.wavelength, cfg)
