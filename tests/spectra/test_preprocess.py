@@ -124,3 +124,13 @@ def test_from_arrays_matches_spectrum_path():
     b = p.from_arrays(s[0].wavelength, np.array([x.flux for x in s]), np.array([x.ivar for x in s]),
                       np.array([x.mask for x in s]))
     np.testing.assert_allclose(a.flux, b.flux, atol=1e-6)
+
+
+def test_mixed_grids_batch_equals_one_by_one():
+    a, b = lamost_like(seed=1), lamost_like(n=3904, seed=2)
+    c = lamost_like(seed=3)
+    c.vacuum = False
+    p = Preprocessor()
+    together = p([a, b, c])
+    alone = np.vstack([p([s]).flux for s in (a, b, c)])
+    np.testing.assert_allclose(together.flux, alone, atol=1e-6)
