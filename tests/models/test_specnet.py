@@ -119,7 +119,7 @@ def test_evaluate_writes_metrics_and_figures(tmp_path, tmp_path_factory):
             "+data.sim.chunk=50"]
     cfg = EvalConfig(checkpoint=str(ckpt), data_dir=str(base / "lamost_tiny"), data_overrides=over,
                      metrics_out=str(tmp_path / "metrics.json"), fig_dir=str(tmp_path / "fig"), device="cpu",
-                     n_boot=20, real_input=None)
+                     n_boot=20, real_input=None, linear_baseline=False)
     res = evaluate(cfg)
     assert 0 <= res["auc"] <= 1 and res["temperature"] > 0 and res["n_test_binary"] == 2
     assert json.loads((tmp_path / "metrics.json").read_text())["auc"] == res["auc"]

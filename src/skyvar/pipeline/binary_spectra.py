@@ -252,6 +252,7 @@ class EvalConfig:
     write_temperature: bool = True  # store the fitted temperature in the checkpoint (released models)
     device: str = "auto"
     n_boot: int = 500
+    linear_baseline: bool = True  # logistic regression on the same inputs (a floor for the CNN)
     real_input: str | None = "${oc.env:SKYVAR_SHARED,../shared}/data/spectra/lamost_lrs"
 
 
@@ -342,12 +343,32 @@ def evaluate(cfg: EvalConfig) -> dict:
             res["auc_by_snr"][f"{a}-{b}"] = float(roc_auc_score(yt[s], p[s]))
     fpr, tpr, _ = roc_curve(yt, p)
     _figures(Path(cfg.fig_dir), p, pc, yt, th, prec, q_edges, frac_q, fpr, tpr, res)
-    if cfg.real_input:
-        res["real_lamost"] = _real_run(cfg, model)
+    if cfg.linear_baseline:
+        res["linear_baseline_auc"] = linear_baseline_auc(dm, *dm.arrays("test"))
     if cfg.write_temperature:
         _store_temperature(cfg.checkpoint, T)
+    if cfg.real_input:
+        res["real_lamost"] = _real_run(cfg, load_specnet(cfg.checkpoint, map_location=device))
     write_json_atomic(cfg.metrics_out, res)
     return res
+
+
+def linear_baseline_auc(dm, x_test, meta_test, n_single: int = 6000, seed: int = 0) -> float:
+    """Test AUC of an L2 logistic regression on the normalised spectra (every 2nd pixel; all training
+    binaries and ``n_single`` training singles, class-balanced weights)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    x, meta = dm.arrays("train")
+    y = meta["label"].to_numpy()
+    rng = np.random.default_rng(seed)
+    singles = np.flatnonzero(y == 0)
+    rows = np.sort(np.concatenate([np.flatnonzero(y == 1), rng.choice(singles, min(n_single, len(singles)),
+                                                                        replace=False)]))
+    xt = np.asarray(x[rows], dtype=np.float32)[:, ::2] - 1.0
+    clf = LogisticRegression(C=0.1, max_iter=300, class_weight="balanced").fit(xt, y[rows])
+    score = clf.decision_function(np.asarray(x_test, dtype=np.float32)[:, ::2] - 1.0)
+    return float(roc_auc_score(meta_test["label"].to_numpy(), score))
 
 
 def _real_run(cfg: EvalConfig, model) -> list[dict] | None:
