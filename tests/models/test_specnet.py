@@ -119,9 +119,10 @@ def test_evaluate_writes_metrics_and_figures(tmp_path, tmp_path_factory):
             "+data.sim.chunk=50"]
     cfg = EvalConfig(checkpoint=str(ckpt), data_dir=str(base / "lamost_tiny"), data_overrides=over,
                      metrics_out=str(tmp_path / "metrics.json"), fig_dir=str(tmp_path / "fig"), device="cpu",
-                     n_boot=20, real_input=None, linear_baseline=False)
+                     n_boot=20, real_input=None)
     res = evaluate(cfg)
     assert 0 <= res["auc"] <= 1 and res["temperature"] > 0 and res["n_test_binary"] == 2
+    assert 0 <= res["linear_baseline_auc"] <= 1
     assert json.loads((tmp_path / "metrics.json").read_text())["auc"] == res["auc"]
     for f in ("pb_distribution.png", "binary_fraction_vs_q.png", "roc_calibration.png"):
         assert (tmp_path / "fig" / f).stat().st_size > 1000
