@@ -29,7 +29,7 @@ def test_basic_block_shapes_and_shortcut():
 
 def test_specnet_forward_backward():
     net = SpecNet(channels=(4, 8, 16), pool_bins=4, hidden=16)
-    x = torch.randn(5, 3534, requires_grad=True)
+    x = torch.randn(5, 1000, requires_grad=True)
     out = net(x)
     assert out.shape == (5, 2)
     out.sum().backward()
