@@ -127,3 +127,13 @@ def test_evaluate_writes_metrics_and_figures(tmp_path, tmp_path_factory):
     for f in ("pb_distribution.png", "binary_fraction_vs_q.png", "roc_calibration.png"):
         assert (tmp_path / "fig" / f).stat().st_size > 1000
     assert float(load_specnet(ckpt).temperature) == pytest.approx(res["temperature"])
+
+
+def test_released_checkpoint_loads(root):
+    path = root / "models" / "specnet-lamost" / "specnet.ckpt"
+    if not path.exists():
+        pytest.skip("no released checkpoint")
+    m = load_specnet(path)
+    assert m.hparams.preprocess["smooth_L"] == 50.0
+    assert 0.05 < float(m.temperature) < 20 and float(m.temperature) != 1.0  # fitted by `evaluate`
+    assert path.stat().st_size < 20e6
