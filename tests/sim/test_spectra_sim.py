@@ -65,6 +65,19 @@ def test_snr_matches_request(sim_dir):
     np.testing.assert_allclose(snr, meta.snr_g, rtol=0.1)
 
 
+def test_variance_floor(sim_dir):
+    """With the sky/read-noise floor no pixel is more precise than the g-band flux level allows."""
+    f = np.load(sim_dir / "flux.npy")
+    iv = np.load(sim_dir / "ivar.npy")
+    meta = pd.read_parquet(sim_dir / "meta.parquet")
+    w = lamost_wavelength()
+    g = (w > 4000) & (w < 5300)
+    fg = np.median(f[:, g], axis=1)
+    # sigma >= sqrt(b / (K G_max)) = a fixed fraction of fg / snr_g
+    sig_min = np.min(np.where(iv > 0, 1 / np.sqrt(np.where(iv > 0, iv, 1)), np.inf), axis=1)
+    assert np.all(sig_min > 0.02 * fg / meta.snr_g.to_numpy())
+
+
 def test_reproducible(tmp_path, sim_dir):
     cfg = resolve_paths(SpectraSimConfig(out_dir=str(tmp_path / "again"), **TINY_SIM))
     simulate_to_disk(cfg)

@@ -70,6 +70,7 @@ class SpectraSimConfig:
     drv_max: float = 150.0  # km/s, maximum |v1 - v2|
     ebv_max: float = 0.3
     fluxcal_sigma: float = 0.05  # rms of the smooth multiplicative calibration error
+    sky_floor: float = 0.02  # variance floor (sky + read noise) as a fraction of the median g-band flux
     sky_residual: float = 2.0  # residual amplitude at sky lines in units of the pixel sigma
     cosmic_rate: float = 0.5  # mean cosmic-ray hits per spectrum (unmasked)
     bad_chunk_prob: float = 0.05  # probability of a masked chunk (ANDMASK set, ivar 0)
@@ -269,12 +270,23 @@ class SpectraSimulator:
         legendre = np.polynomial.legendre.legvander(x, 3)[:, 1:]  # (npix, 3), mean-free shapes
         flux *= 1 + (rng.normal(0, cfg.fluxcal_sigma, (n, 3)) @ legendre.T)
         flux *= (10 ** rng.uniform(2.5, 3.5, n) / np.median(flux, axis=1))[:, None]
-        flux = np.clip(flux, 1e-6, None)
-        # Noise: var = f / (K G); K such that the median S/N over 4000–5300 Å equals snr_g.
+        # Noise: var = (f + b) / (K G); K such that the median S/N over 4000–5300 Å equals snr_g;
+        # b = sky_floor * median g-band flux (sky + read noise). With sky_floor = 0 (the released
+        # model's data) PCA templates that dip below 0 in the far blue of cool stars are clipped to
+        # 1e-6 and get unphysically tiny variances there.
         gband = (self.wave > 4000) & (self.wave < 5300)
-        h = np.sqrt(flux[:, gband] * self.gain[gband])
+        if cfg.sky_floor > 0:
+            flux = np.clip(flux, 0.0, None)
+            b = cfg.sky_floor * np.median(flux[:, gband], axis=1)[:, None]
+        else:
+            flux = np.clip(flux, 1e-6, None)
+            b = np.zeros((n, 1))
+        if cfg.sky_floor > 0:
+            h = flux[:, gband] * np.sqrt(self.gain[gband] / (flux[:, gband] + b))
+        else:  # the released data set's exact arithmetic
+            h = np.sqrt(flux[:, gband] * self.gain[gband])
         K = (p["snr_g"] / np.median(h, axis=1)) ** 2
-        var = flux / (K[:, None] * self.gain[None, :])
+        var = (flux + b) / (K[:, None] * self.gain[None, :])
         sigma = np.sqrt(var)
         noisy = flux + sigma * rng.standard_normal(flux.shape)
         noisy[:, self.sky_pix] += cfg.sky_residual * sigma[:, self.sky_pix] * rng.standard_normal(
