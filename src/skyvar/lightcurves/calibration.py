@@ -66,7 +66,7 @@ def fit_cdf_calibration(
     bin_size: float = 0.2,
     log10_cdf_min: float = -1.0,
     min_samples: int = 50,
-    min_bins: int = 2,
+    min_bins: int = 1,
 ) -> CdfCalibration:
     """Fit ``log10 CDF = k * log10 p`` over the bins with ``log10 CDF >= log10_cdf_min``.
 

@@ -41,7 +41,12 @@ Frequency grids (:func:`frequency_grid`)
 In every mode the spacing is ``df = 1/(n0 T)`` with ``n0 = oversample = 5`` samples per peak
 (VanderPlas 2018, Sect. 7.1: a peak has width ~1/T, and n0 = 5-10 resolves it); for a 5-year ZTF
 baseline that is 1.1e-4 d^-1, i.e. ~4.6e5 frequencies up to 50 d^-1, which is what makes batched
-NUFFT or GEMM evaluation necessary.
+NUFFT or GEMM evaluation necessary. Spliced runs are the exception: two short runs a baseline ``T``
+apart give a comb of fringes of FWHM ~1/(2T) under a broad envelope of width ~1/T_run, so n0 = 5
+samples a fringe off its top by up to 10 % in power, more than the envelope changes between
+neighbouring fringes, and the argmax lands on the wrong fringe (in our tests a 6.45 d^-1 signal at
+S/N 15 per point was never recovered within 1 % at n0 = 5, always at n0 >= 20 for runs 3 days
+apart); :class:`PeriodSearch` therefore uses ``spliced_oversample = 20``.
 """
 
 from __future__ import annotations
@@ -202,7 +207,10 @@ def _prepare(t, y, mask, dy, use_errors: bool, center_data: bool, fit_mean: bool
 
 
 def _power_from_sums(YC, YS, C, S, C2, S2, YY, fit_mean):
-    """Standard-normalised power from the weighted trigonometric sums (torch or numpy)."""
+    """Standard-normalised power from the weighted trigonometric sums (torch tensors or numpy arrays).
+
+    ``CC = sum w cos^2 - C^2`` etc. use ``cos^2 = (1 + cos 2x)/2``; with ``fit_mean`` False the mean
+    terms ``C, S`` are dropped (astropy's ``fit_mean=False``)."""
     CC = 0.5 * (1 + C2)
     SS = 0.5 * (1 - C2)
     CS = 0.5 * S2
@@ -212,6 +220,23 @@ def _power_from_sums(YC, YS, C, S, C2, S2, YY, fit_mean):
         CS = CS - C * S
     D = CC * SS - CS * CS
     return (SS * YC * YC + CC * YS * YS - 2 * CS * YC * YS) / (YY * D)
+
+
+def _power_from_sums_inplace(YC, YS, C, S, C2, S2, YY, fit_mean):
+    """Same as :func:`_power_from_sums` for torch tensors with 4 temporaries instead of ~20 (eager CPU path)."""
+    CC = C2.add(1).mul_(0.5)
+    SS = C2.neg().add_(1).mul_(0.5)
+    CS = S2.mul(0.5)
+    if fit_mean:
+        CC.addcmul_(C, C, value=-1)
+        SS.addcmul_(S, S, value=-1)
+        CS.addcmul_(C, S, value=-1)
+    D = CC * SS
+    D.addcmul_(CS, CS, value=-1)
+    num = SS.mul_(YC).mul_(YC)
+    num.addcmul_(CC.mul_(YS), YS)
+    num.addcmul_(CS.mul_(YC), YS, value=-2)
+    return num.div_(D).div_(YY)
 
 
 def _trig(t_rel, freq, torch, dtype, device, double: bool = True):
@@ -229,13 +254,19 @@ _POWER_FNS: dict = {}
 
 
 def _power_max(YC, YS, C, S, C2, S2, YY):
-    p = _power_from_sums(YC, YS, C, S, C2, S2, YY, True)
-    return _nan_max(p)
+    return _nan_max(_power_from_sums(YC, YS, C, S, C2, S2, YY, True))
 
 
 def _power_max_nomean(YC, YS, C2, S2, YY):
-    p = _power_from_sums(YC, YS, None, None, C2, S2, YY, False)
-    return _nan_max(p)
+    return _nan_max(_power_from_sums(YC, YS, None, None, C2, S2, YY, False))
+
+
+def _power_max_eager(YC, YS, C, S, C2, S2, YY):
+    return _nan_max(_power_from_sums_inplace(YC, YS, C, S, C2, S2, YY, True))
+
+
+def _power_max_nomean_eager(YC, YS, C2, S2, YY):
+    return _nan_max(_power_from_sums_inplace(YC, YS, None, None, C2, S2, YY, False))
 
 
 def _nan_max(p):
@@ -251,6 +282,10 @@ def _power_fn(fit_mean: bool, compile_: bool):
     key = (fit_mean, compile_)
     if key in _POWER_FNS:
         return _POWER_FNS[key]
+    if not compile_:
+        fn = _power_max_eager if fit_mean else _power_max_nomean_eager
+        _POWER_FNS[key] = fn
+        return fn
     fn = _power_max if fit_mean else _power_max_nomean
     if compile_:
         import torch
@@ -275,7 +310,7 @@ def _power_chunk(YC, YS, C, S, C2, S2, YY, fit_mean, reduce, compile_):
             log.warning("compiled power kernel failed (%s); falling back to eager", e)
             _POWER_FNS[(fit_mean, True)] = _power_fn(fit_mean, False)
             return _power_chunk(YC, YS, C, S, C2, S2, YY, fit_mean, reduce, False)
-    return _power_from_sums(YC, YS, C, S, C2, S2, YY, fit_mean)
+    return _power_from_sums_inplace(YC, YS, C, S, C2, S2, YY, fit_mean)
 
 
 def _merge_max(v, i, f_offset, best_p, best_i):
@@ -549,6 +584,52 @@ def lomb_scargle(
     return res[0] if squeeze else res
 
 
+# ----------------------------------------------------------------------------- multi-band
+def combine_bands(batch: LightCurveBatch, scale: bool = False) -> tuple[LightCurveBatch, np.ndarray]:
+    """Merge the bands of each source into one light curve for a joint periodogram.
+
+    Each band is shifted by its median (and with ``scale`` divided by its robust sigma, IQR/1.349, so
+    a noisy band does not dominate), then all points of a source are merged and sorted by time. This
+    is the single-term shared-phase model with per-band offsets (VanderPlas & Ivezic 2015, Nterms=1)
+    in its simplest pre-centred form; it assumes similar amplitudes in the bands (use ``scale`` when
+    they differ). Returns the combined batch (``band`` = the bands joined by ``+``) and, for every
+    input row, the index of its combined row.
+    """
+    from skyvar.lightcurves.runs import row_quantiles
+
+    clean, _ = clean_batch(batch)
+    n = clean.mask.sum(axis=1)
+    srt = np.sort(np.where(clean.mask, clean.mag, np.nan), axis=1)
+    q25, med, q75 = row_quantiles(srt, n, (0.25, 0.5, 0.75))
+    y = clean.mag - med[:, None]
+    if scale:
+        rs = (q75 - q25) / 1.3489795003921634
+        y = y / np.where(rs > 0, rs, 1.0)[:, None]
+    codes, uniq = pd.factorize(pd.Series(clean.source_id))
+    r, c = np.nonzero(clean.mask)
+    g = codes[r]
+    order = np.lexsort((clean.time[r, c], g))
+    r, c, g = r[order], c[order], g[order]
+    G = len(uniq)
+    counts = np.bincount(g, minlength=G)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(r.size) - starts[g]
+    L = int(counts.max()) if G else 0
+    t = np.full((G, L), np.nan)
+    m = np.full((G, L), np.nan)
+    e = np.full((G, L), np.nan)
+    msk = np.zeros((G, L), dtype=bool)
+    t[g, pos], m[g, pos], e[g, pos], msk[g, pos] = clean.time[r, c], y[r, c], clean.mag_err[r, c], True
+    bu, bidx = np.unique(clean.band.astype(str), return_inverse=True)
+    presence = np.zeros((G, bu.size), dtype=np.int64)
+    presence[codes, bidx] = 1
+    combo = presence @ (1 << np.arange(bu.size, dtype=np.int64))
+    cu, cinv = np.unique(combo, return_inverse=True)
+    labels = np.array(["+".join(bu[(k >> np.arange(bu.size)) & 1 == 1]) for k in cu])  # one per combination
+    comb = LightCurveBatch(source_id=np.asarray(uniq), band=labels[cinv], time=t, mag=m, mag_err=e, mask=msk)
+    return comb, codes
+
+
 # ----------------------------------------------------------------------------- the pipeline stage
 def _median_dt(seg_time: np.ndarray, mask: np.ndarray) -> np.ndarray:
     d = np.where(mask[:, 1:] & mask[:, :-1], np.diff(seg_time, axis=1), np.nan)
@@ -587,6 +668,7 @@ class PeriodSearch:
         run_gap: float = 0.25,
         cadence_limit: float = 0.02,
         oversample: float = 5.0,
+        spliced_oversample: float = 20.0,
         spliced_range: tuple[float, float] = (3.0, 12.0),
         survey_fmin: float = 0.02,
         survey_fmax: float = 50.0,
@@ -594,8 +676,9 @@ class PeriodSearch:
         fit_mean: bool = True,
         use_errors: bool = False,
         backend: str = "auto",
-        dtype: str = "float64",
+        dtype: str = "float32",
         device: str = "auto",
+        compile: bool | str = "auto",
         fap_threshold: float = 1e-3,
         calibrate: bool = True,
         calibration_bin: float = 1.0,
@@ -605,6 +688,8 @@ class PeriodSearch:
         n_sigma: float = 10.0,
         min_per_bin: int = 10,
         runs_for_spliced: bool = True,
+        combine_bands: bool = False,
+        combine_scale: bool = False,
         plots: bool = True,
         n_plots: int = 12,
         plot_buffer: int = 64,
@@ -614,6 +699,7 @@ class PeriodSearch:
         self.run_gap = float(run_gap)
         self.cadence_limit = float(cadence_limit)
         self.oversample = float(oversample)
+        self.spliced_oversample = float(spliced_oversample)
         self.spliced_range = tuple(float(v) for v in spliced_range)
         self.survey_fmin = float(survey_fmin)
         self.survey_fmax = float(survey_fmax)
@@ -622,6 +708,7 @@ class PeriodSearch:
         self.use_errors = bool(use_errors)
         self.backend = backend
         self.dtype = dtype
+        self.compile = compile
         if device == "auto":
             import torch
 
@@ -636,6 +723,8 @@ class PeriodSearch:
         self.n_sigma = float(n_sigma)
         self.min_per_bin = int(min_per_bin)
         self.runs_for_spliced = bool(runs_for_spliced)
+        self.combine_bands = bool(combine_bands)
+        self.combine_scale = bool(combine_scale)
         self.plots = bool(plots)
         self.n_plots = int(n_plots)
         self.plot_buffer = int(plot_buffer)
@@ -652,7 +741,7 @@ class PeriodSearch:
     def _ls(self, t, y, mask, dy, grid):
         return lomb_scargle(t, y, grid, mask=mask, dy=dy, use_errors=self.use_errors, fit_mean=self.fit_mean,
                             normalization="variance", backend=self.backend, dtype=self.dtype, device=self.device,
-                            reduce="max")
+                            reduce="max", compile=self.compile)
 
     def _search_runs(self, segs, idx) -> pd.DataFrame:
         """Run-mode LS on the runs ``idx`` of ``segs``, grouped by observation (one grid per group)."""
@@ -730,7 +819,8 @@ class PeriodSearch:
                 np.where(clean.mask[rows], clean.time[rows], np.inf).min(axis=1)
             T = float(np.max(span))
             if md == "spliced":
-                grid = frequency_grid("spliced", T, oversample=self.oversample, spliced_range=self.spliced_range)
+                grid = frequency_grid("spliced", T, oversample=self.spliced_oversample,
+                                      spliced_range=self.spliced_range)
             else:
                 grid = frequency_grid("survey", T, oversample=self.oversample, survey_fmin=self.survey_fmin,
                                       survey_fmax=self.survey_fmax)
@@ -759,6 +849,13 @@ class PeriodSearch:
         return out, runs, rows_tab
 
     def __call__(self, batch: LightCurveBatch, out_dir: str | Path | None = None) -> pd.DataFrame:
+        if self.combine_bands:
+            comb, codes = combine_bands(batch, self.combine_scale)
+            out, runs, rows_tab = self.search(comb)
+            if len(runs):
+                self._runs.append(runs.drop(columns=["row"]))
+            self._rows.append(rows_tab)
+            return out.iloc[codes].reset_index(drop=True)
         out, runs, rows_tab = self.search(batch)
         if len(runs):
             self._runs.append(runs.drop(columns=["row"]))
@@ -873,15 +970,14 @@ class PeriodSearch:
             log.warning("%s: features have no source_id/band; calibrated columns not merged", self.name)
             return features
         features = features.copy()
-        key_f = features.source_id.astype(str) + "\x1f" + features.band.astype(str)
-        key_r = rows.source_id.astype(str) + "\x1f" + rows.band.astype(str)
+        key_f, key_r, key_runs = (self._key(features), self._key(rows), self._key(runs) if len(runs) else None)
         rr = rows.set_index(key_r)
         rr = rr[~rr.index.duplicated()]
         features["log10_fap_cal"] = key_f.map(rr.log10_fap_cal).to_numpy()
         features["fap_cal"] = 10.0 ** features["log10_fap_cal"]
         features["period_candidate_fap"] = key_f.map(rr.candidate_fap).astype("boolean").fillna(False).to_numpy(bool)
         if len(runs):
-            anyb = runs.groupby(runs.source_id.astype(str) + "\x1f" + runs.band.astype(str)).candidate_binned.any()
+            anyb = runs.groupby(key_runs).candidate_binned.any()
             features["period_candidate_binned"] = key_f.map(anyb).astype("boolean").fillna(False).to_numpy(bool)
         is_run = features.get("ls_mode", pd.Series("run", index=features.index)).astype(str) == "run"
         features["period_candidate"] = features["period_candidate_binned"] | (
@@ -895,6 +991,12 @@ class PeriodSearch:
             except Exception as e:  # never lose the table for a plot
                 log.error("%s: plotting failed: %s", self.name, e)
         return features
+
+    def _key(self, df: pd.DataFrame) -> pd.Series:
+        """Row key: source and band, or the source alone when bands are combined."""
+        if self.combine_bands:
+            return df.source_id.astype(str)
+        return df.source_id.astype(str) + "\x1f" + df.band.astype(str)
 
     def _plot(self, runs, rows, features, pdir: Path) -> None:
         import matplotlib
@@ -940,12 +1042,13 @@ class PeriodSearch:
             savefig_atomic(fig, pdir / "fap_cdf.png")
             plt.close(fig)
         cand = features[features.period_candidate]
-        keys = set(zip(cand.source_id.astype(str), cand.band.astype(str)))
+        keys = set(self._key(cand)) if len(cand) else set()
         n = 0
         for _, _, p in sorted(self._heap, key=lambda it: -it[0]):
             if n >= self.n_plots:
                 break
-            if (str(p["source_id"]), p["band"]) not in keys or not np.isfinite(p["f_max"]):
+            pk = str(p["source_id"]) if self.combine_bands else str(p["source_id"]) + "\x1f" + p["band"]
+            if pk not in keys or not np.isfinite(p["f_max"]):
                 continue
             P = 1.0 / p["f_max"]
             t, m, e = p["time"], p["mag"], p["mag_err"]
@@ -953,7 +1056,7 @@ class PeriodSearch:
             if np.isfinite(p["fmin"]):
                 grid = frequency_grid("run", t[-1] - t[0], 2, self.oversample, fmin=p["fmin"], fmax=p["fmax"])
             elif p["kind"] == "spliced":
-                grid = frequency_grid("spliced", t[-1] - t[0], oversample=self.oversample,
+                grid = frequency_grid("spliced", t[-1] - t[0], oversample=self.spliced_oversample,
                                       spliced_range=self.spliced_range)
             else:
                 grid = frequency_grid("survey", t[-1] - t[0], oversample=self.oversample,

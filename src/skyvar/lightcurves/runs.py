@@ -100,6 +100,24 @@ def clean_batch(batch: LightCurveBatch) -> tuple[LightCurveBatch, np.ndarray]:
     return out, flags
 
 
+def row_quantiles(x_sorted: np.ndarray, n: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """Linear-interpolated quantiles (numpy's default) of rows sorted ascending with NaN padding last."""
+    out = []
+    rows = np.arange(x_sorted.shape[0])
+    if x_sorted.ndim != 2 or x_sorted.shape[1] == 0:
+        return [np.full(x_sorted.shape[0], np.nan) for _ in qs]
+    for q in qs:
+        pos = np.clip((n - 1) * q, 0, None)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+        frac = pos - lo
+        lo_c = np.clip(lo, 0, x_sorted.shape[1] - 1)
+        hi_c = np.clip(hi, 0, x_sorted.shape[1] - 1)
+        v = x_sorted[rows, lo_c] * (1 - frac) + x_sorted[rows, hi_c] * frac
+        out.append(np.where(n > 0, v, np.nan))
+    return out
+
+
 @dataclasses.dataclass
 class Segments:
     """Uninterrupted runs cut from a batch by :func:`split_runs`.
