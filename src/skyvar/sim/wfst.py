@@ -124,7 +124,7 @@ def run_times(cfg: WfstSimConfig, rng: np.random.Generator) -> tuple[np.ndarray,
     if len(cfg.run_hours) != len(cfg.run_offsets_days):
         raise ValueError("run_hours and run_offsets_days must have the same length")
     for r, (h, off) in enumerate(zip(cfg.run_hours, cfg.run_offsets_days)):
-        n = int(np.floor(h / 24.0 / cadence)) + 1
+        n = int(np.floor(h / 24.0 / cadence + 1e-9)) + 1
         t = cfg.mjd0 + off + np.arange(n) * cadence + 0.5 * cfg.exposure_s / 86400.0
         if cfg.cadence_jitter_s > 0:
             t = t + rng.normal(0, cfg.cadence_jitter_s / 86400.0, n)
