@@ -35,3 +35,15 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("gpu") is not None:
                 item.add_marker(skip)
+
+
+def run_cli(args, **kw):
+    """Run a command with this checkout's ``src`` first on PYTHONPATH (works without an install)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")])
+    env.setdefault("WANDB_MODE", "disabled")
+    cmd = [sys.executable, *args] if args and not str(args[0]).endswith("python") else list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=kw.pop("cwd", ROOT), **kw)
