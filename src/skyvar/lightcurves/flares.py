@@ -45,6 +45,7 @@ import scipy.special as sp
 
 from skyvar.lightcurves.batch import LightCurveBatch
 from skyvar.lightcurves.calibration import binned_excess_threshold, fit_cdf_calibration, plot_cdf_calibration
+from skyvar.lightcurves.indices import variability_indices
 from skyvar.lightcurves.runs import (
     FLAG_DEGENERATE,
     FLAG_TOO_SHORT,
@@ -263,25 +264,15 @@ def flare_statistics(
 def _inv_eta_and_asymmetry(seg: LightCurveBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inverse von Neumann ratio, median magnitude and brightening asymmetry per run.
 
-    ``inv_eta`` comes from :func:`skyvar.lightcurves.indices.variability_indices` when that module is
-    present (the light-curve issue's implementation), else from the same definition here (paper
-    eq. 1: ``sum (m - mean)^2 / sum (m_{i+1} - m_i)^2``). The asymmetry is
-    ``(median - q02) / (q98 - median)`` of the magnitudes: >> 1 when the light curve brightens
-    (flares), ~1 for symmetric variability, < 1 for dimming (eclipses).
+    ``inv_eta`` is :func:`skyvar.lightcurves.indices.variability_indices`' (paper eq. 1,
+    ``sum (m - mean)^2 / sum (m_{i+1} - m_i)^2``). The asymmetry is ``(median - q02) / (q98 - median)``
+    of the magnitudes: >> 1 when the light curve brightens (flares), ~1 for symmetric variability,
+    < 1 for dimming (eclipses).
     """
     mag, mask = seg.mag, seg.mask
     n = mask.sum(axis=1)
-    try:
-        from skyvar.lightcurves.indices import variability_indices
-
-        inv_eta = np.asarray(variability_indices(mag, seg.mag_err, mask)["inv_eta"], dtype=np.float64)
-    except ImportError:
-        m = np.where(mask, mag, np.nan)
-        mean = np.nanmean(np.where(n[:, None] > 0, m, 0.0), axis=1) if mag.size else np.zeros(len(n))
-        num = np.nansum((m - mean[:, None]) ** 2, axis=1)
-        den = np.nansum(np.diff(m, axis=1) ** 2, axis=1) if mag.shape[1] > 1 else np.zeros(len(n))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            inv_eta = np.where((n >= 3) & (den > 0), num / den, np.nan)
+    err = np.where(np.isfinite(seg.mag_err) & (seg.mag_err > 0), seg.mag_err, 1.0)  # errors unused by inv_eta
+    inv_eta = np.asarray(variability_indices(mag, err, mask, which=("inv_eta",))["inv_eta"], dtype=np.float64)
     srt = np.sort(np.where(mask, mag, np.nan), axis=1)
     q02, med, q98 = row_quantiles(srt, n, (0.02, 0.5, 0.98))
     with np.errstate(invalid="ignore", divide="ignore"):
