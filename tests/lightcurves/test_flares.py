@@ -175,3 +175,27 @@ def test_long_flare_flag_uses_inverse_von_neumann_excess(tmp_path):
     assert feats.inv_eta_max[3] > 10 * np.nanmedian(feats.inv_eta_max)
     assert feats.flare_long_candidate[3] or feats.flare_candidate[3]
     assert feats.flare_long_candidate.sum() <= 2
+
+
+def _rows(b, sl):
+    return LightCurveBatch(b.source_id[sl], b.band[sl], b.time[sl], b.mag[sl], b.mag_err[sl], b.mask[sl])
+
+
+def test_finalize_reads_side_tables_after_resume_or_in_another_process(tmp_path):
+    rng = np.random.default_rng(11)
+    t, m = _runs(rng, 300)
+    m[7] -= 2.5 * np.log10(1 + 0.5 * davenport_flare((t[0] - t[0, 250]) / (5 / 1440)))
+    b = _batch(t, m)
+    worker = FlareSearch(n_plots=1)
+    parts = [worker(_rows(b, slice(0, 120)), tmp_path), worker(_rows(b, slice(120, 300)), tmp_path)]
+    feats = pd.concat([pd.DataFrame({"source_id": b.source_id, "band": b.band}), pd.concat(parts, ignore_index=True)],
+                      axis=1)
+    fresh = FlareSearch(n_plots=1)  # nothing in memory, as after a resumed run or with Dask workers
+    got = fresh.finalize(feats, tmp_path)
+    ref_stage = FlareSearch(plots=False)
+    ref = ref_stage.finalize(pd.concat([feats[["source_id", "band"]], ref_stage(b)], axis=1), tmp_path / "ref")
+    np.testing.assert_allclose(got.log10_fdr_cal, ref.log10_fdr_cal, rtol=1e-12)
+    assert got.flare_candidate[7]
+    # a feature table without some light curves ignores their (stale) side tables
+    sub = fresh.finalize(feats.iloc[:100].reset_index(drop=True), tmp_path)
+    assert len(sub) == 100 and pd.read_parquet(tmp_path / "flare_runs.parquet").source_id.max() < 100

@@ -36,7 +36,6 @@ Runs with fewer than ``min_epochs`` points (50, as the paper) give NaN and ``FLA
 from __future__ import annotations
 
 import dataclasses
-import heapq
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +49,8 @@ from skyvar.lightcurves.runs import (
     FLAG_DEGENERATE,
     FLAG_TOO_SHORT,
     Segments,
+    StageLog,
+    batch_key,
     clean_batch,
     group_runs,
     row_quantiles,
@@ -295,9 +296,10 @@ class FlareSearch:
     ``min_epochs`` points). For a light curve with several runs, the statistics are those of its most
     significant run. The per-run table is written to ``out_dir/flare_runs.parquet`` by ``finalize``.
 
-    The stage keeps per-run summaries (a few numbers per run) and the light curves of the
-    ``plot_buffer`` most significant runs in memory between partitions, so ``finalize`` must run in
-    the same process as the calls.
+    Between partitions the stage keeps per-run summaries (a few numbers per run) and the light curves
+    of each batch's ``plot_buffer`` most significant runs in ``out_dir/<name>/`` side tables
+    (:class:`skyvar.lightcurves.runs.StageLog`), so ``finalize`` also works after a resumed run or
+    with Dask workers; called without ``out_dir`` they stay in memory.
     """
 
     def __init__(
@@ -350,10 +352,8 @@ class FlareSearch:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the runs seen so far (a new pipeline run)."""
-        self._runs: list[pd.DataFrame] = []
-        self._heap: list = []  # (log10_fdr negated, counter, payload): the most significant runs
-        self._counter = 0
+        """Forget the runs kept in memory (a new run without an ``out_dir``)."""
+        self._log = StageLog(self.name)
         self.calibrations: dict = {}
 
     # -------------------------------------------------------------- per partition
@@ -414,37 +414,35 @@ class FlareSearch:
 
     def __call__(self, batch: LightCurveBatch, out_dir: str | Path | None = None) -> pd.DataFrame:
         out, runs, segs, st = self.search(batch)
-        keep = runs.drop(columns=["row"])
-        self._runs.append(keep)
+        key = batch_key(batch)
+        self._log.add("runs", runs.drop(columns=["row"]), out_dir, key)
         if self.plots and self.plot_buffer > 0 and len(runs):
-            self._remember(runs, segs, st)
+            self._log.add("top", self._top_table(runs, segs, st), out_dir, key)
         n_short = int((out["flare_flag"] & FLAG_TOO_SHORT).astype(bool).sum())
         if n_short:
             log.info("%s: %d of %d light curves have no run with >= %d epochs (NaN, flagged too_short)",
                      self.name, n_short, len(out), self.min_epochs)
         return out
 
-    def _remember(self, runs: pd.DataFrame, segs: Segments, st: FlareStats) -> None:
+    def _top_table(self, runs: pd.DataFrame, segs: Segments, st: FlareStats) -> pd.DataFrame:
+        """Long table of the batch's most significant runs (for the candidate plots)."""
         lf = runs["log10_fdr"].to_numpy()
         order = np.argsort(np.where(np.isfinite(lf), lf, np.inf))[: self.plot_buffer]
-        for i in order:
-            if not np.isfinite(lf[i]):
-                break
-            key = -float(lf[i])
-            n = int(segs.n_points[i])
-            payload = {
-                "source_id": segs.batch.source_id[i], "band": str(segs.batch.band[i]),
-                "run_index": int(segs.index[i]), "log10_fdr": float(lf[i]),
-                "time": segs.batch.time[i, :n].copy(), "mag": segs.batch.mag[i, :n].copy(),
-                "mag_err": segs.batch.mag_err[i, :n].copy(), "model": st.model[i, :n].copy(),
-                "V": st.V[i, :n].copy(), "i_max": int(st.i_max[i]), "phi": float(st.phi_vv_max[i]),
-            }
-            self._counter += 1
-            item = (key, self._counter, payload)
-            if len(self._heap) < self.plot_buffer:
-                heapq.heappush(self._heap, item)
-            elif key > self._heap[0][0]:
-                heapq.heapreplace(self._heap, item)
+        order = order[np.isfinite(lf[order])]
+        # and the brightening runs with the highest 1/eta (long-flare candidates have unremarkable FDRs)
+        ie = np.where(runs["asymmetry"].to_numpy() > self.long_flare_asymmetry, runs["inv_eta"].to_numpy(), np.nan)
+        order2 = np.argsort(np.where(np.isfinite(ie), -ie, np.inf))[: max(1, self.plot_buffer // 4)]
+        order = np.union1d(order, order2[np.isfinite(ie[order2])])
+        if order.size == 0:
+            return pd.DataFrame()
+        npts = segs.n_points[order]
+        i = np.repeat(order, npts)
+        j = np.arange(npts.sum()) - np.repeat(np.cumsum(npts) - npts, npts)
+        return pd.DataFrame({
+            "source_id": segs.batch.source_id[i], "band": segs.batch.band[i], "run_index": segs.index[i],
+            "log10_fdr": lf[i], "phi": st.phi_vv_max[i], "i_max": st.i_max[i], "point": j,
+            "time": segs.batch.time[i, j], "mag": segs.batch.mag[i, j], "mag_err": segs.batch.mag_err[i, j],
+            "model": st.model[i, j], "V": st.V[i, j]})
 
     # -------------------------------------------------------------- whole run set
     def calibrate_runs(self, runs: pd.DataFrame) -> pd.DataFrame:
@@ -489,10 +487,12 @@ class FlareSearch:
 
     def finalize(self, features: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
         out_dir = Path(out_dir)
-        if not self._runs:
-            log.warning("%s: finalize called before any partition; nothing to calibrate", self.name)
+        keys = features[["source_id", "band"]] if {"source_id", "band"} <= set(features.columns) else None
+        runs = self._log.collect("runs", out_dir, keys)
+        if not len(runs):
+            log.warning("%s: no runs to calibrate (no partition computed, or none long enough)", self.name)
             return features
-        runs = self.calibrate_runs(pd.concat(self._runs, ignore_index=True))
+        runs = self.calibrate_runs(runs)
         from skyvar.utils.atomic import atomic_path, write_json_atomic
 
         with atomic_path(out_dir / "flare_runs.parquet") as tmp:
@@ -511,12 +511,13 @@ class FlareSearch:
                  self.name, n_c, self.fdr_threshold, n_l, len(runs))
         if self.plots:
             try:
-                self._plot(runs, out_dir / "plots" / self.name)
+                top = self._log.collect("top", out_dir, keys, unique=("source_id", "band", "run_index", "point"))
+                self._plot(runs, top, out_dir / "plots" / self.name)
             except Exception as e:  # plots must never lose the table
                 log.error("%s: plotting failed: %s", self.name, e)
         return features
 
-    def _plot(self, runs: pd.DataFrame, pdir: Path) -> None:
+    def _plot(self, runs: pd.DataFrame, top: pd.DataFrame, pdir: Path) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -557,34 +558,38 @@ class FlareSearch:
             plt.close(fig)
 
         cand = runs[runs.flare_candidate | runs.flare_long_candidate]
-        keys = set(zip(cand.source_id.astype(str), cand.band.astype(str), cand.run_index))
-        items = sorted(self._heap, key=lambda it: -it[0])
+        if not len(top) or not len(cand):
+            return
+        cand = cand.sort_values("log10_fdr_cal")
+        groups = top.groupby([top.source_id.astype(str), top.band.astype(str), top.run_index], sort=False)
         n = 0
-        for _, _, p in items:
+        for _, r in cand.iterrows():  # at most n_plots figures
             if n >= self.n_plots:
                 break
-            if (str(p["source_id"]), p["band"], p["run_index"]) not in keys:
+            key = (str(r.source_id), str(r.band), r.run_index)
+            if key not in groups.groups:
                 continue
-            r = runs[(runs.source_id.astype(str) == str(p["source_id"])) & (runs.band.astype(str) == p["band"])
-                     & (runs.run_index == p["run_index"])].iloc[0]
+            p = groups.get_group(key).sort_values("point")
+            time_, mag = p.time.to_numpy(), p.mag.to_numpy()
             fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})
-            t = (p["time"] - p["time"][0]) * 24
-            a1.errorbar(t, p["mag"], p["mag_err"], fmt=".", ms=3, c="k", lw=0.5)
-            a1.plot(t, p["model"], "r-", lw=1, label="Fourier(4)+poly(2) detrend")
+            t = (time_ - time_[0]) * 24
+            a1.errorbar(t, mag, p.mag_err.to_numpy(), fmt=".", ms=3, c="k", lw=0.5)
+            a1.plot(t, p.model.to_numpy(), "r-", lw=1, label="Fourier(4)+poly(2) detrend")
             a1.invert_yaxis()
-            a1.set_xlabel(f"hours since MJD {p['time'][0]:.4f}")
+            a1.set_xlabel(f"hours since MJD {time_[0]:.4f}")
             a1.set_ylabel("mag")
             a1.legend(fontsize=7)
-            a1.set_title(f"{p['source_id']} {p['band']} run {p['run_index']}: phi_max={p['phi']:.1f} "
+            kind = "FDR" if r.flare_candidate else "long flare (1/eta)"
+            a1.set_title(f"{r.source_id} {r.band} run {r.run_index} [{kind}]: phi_max={r.phi_vv_max:.1f} "
                          f"log10 FDR_cal={r.log10_fdr_cal:.1f}", fontsize=9)
-            i = max(p["i_max"], 0)
+            i = max(int(p.i_max.iloc[0]), 0)
             lo, hi = max(0, i - 15), min(len(t), i + 25)
-            a2.plot(t[lo:hi], p["V"][lo:hi], "k.-", lw=0.6)
+            a2.plot(t[lo:hi], p.V.to_numpy()[lo:hi], "k.-", lw=0.6)
             a2.axhline(0, c="0.6", lw=0.5)
             a2.set_xlabel("hours")
             a2.set_ylabel("V (robust sigma)")
             a2.set_title("flare window", fontsize=9)
-            savefig_atomic(fig, pdir / "candidates" / f"{p['source_id']}_{p['band']}_run{p['run_index']}.png")
+            savefig_atomic(fig, pdir / "candidates" / f"{r.source_id}_{r.band}_run{r.run_index}.png")
             plt.close(fig)
             n += 1
 

@@ -52,7 +52,6 @@ apart); :class:`PeriodSearch` therefore uses ``spliced_oversample = 20``.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +59,15 @@ import pandas as pd
 
 from skyvar.lightcurves.batch import LightCurveBatch
 from skyvar.lightcurves.calibration import binned_excess_threshold, fit_cdf_calibration, plot_cdf_calibration
-from skyvar.lightcurves.runs import FLAG_DEGENERATE, FLAG_TOO_SHORT, clean_batch, group_runs, split_runs
+from skyvar.lightcurves.runs import (
+    FLAG_DEGENERATE,
+    FLAG_TOO_SHORT,
+    StageLog,
+    batch_key,
+    clean_batch,
+    group_runs,
+    split_runs,
+)
 from skyvar.utils.log import get_logger
 
 log = get_logger(__name__)
@@ -731,10 +738,9 @@ class PeriodSearch:
         self.reset()
 
     def reset(self) -> None:
-        self._runs: list[pd.DataFrame] = []
-        self._rows: list[pd.DataFrame] = []
-        self._heap: list = []
-        self._counter = 0
+        """Forget what was kept in memory (a new run without an ``out_dir``)."""
+        self._log = StageLog(self.name)
+        self._top: list[pd.DataFrame] = []
         self.calibrations: dict = {}
         self.thresholds: dict = {}
 
@@ -809,7 +815,7 @@ class PeriodSearch:
             single = mode[r] == "run"
             for c in ("f_max", "pwr_max", "log10_fap", "n_eff"):
                 out.loc[r[single], c] = b[c].to_numpy()[single]
-            self._remember(segs, ridx, runs, kind="run")
+            self._top.append(self._top_runs(segs, ridx, runs))
         # --- spliced and survey modes on whole light curves
         for md in ("spliced", "survey"):
             rows = np.flatnonzero((mode == md) & (nvalid >= self.min_epochs))
@@ -830,7 +836,7 @@ class PeriodSearch:
             _, lfap = fap_independent(p, n_eff)
             out.loc[rows, "f_max"], out.loc[rows, "pwr_max"] = f, p
             out.loc[rows, "log10_fap"], out.loc[rows, "n_eff"] = lfap, n_eff
-            self._remember_rows(clean, rows, lfap, f, md)
+            self._top.append(self._top_rows(clean, rows, lfap, f, md))
         out["period"] = 1.0 / out["f_max"]
         out["fap"] = 10.0 ** out["log10_fap"]
         short = ~np.isfinite(out["pwr_max"].to_numpy())
@@ -849,56 +855,47 @@ class PeriodSearch:
         return out, runs, rows_tab
 
     def __call__(self, batch: LightCurveBatch, out_dir: str | Path | None = None) -> pd.DataFrame:
+        self._top = []
+        codes = None
         if self.combine_bands:
-            comb, codes = combine_bands(batch, self.combine_scale)
-            out, runs, rows_tab = self.search(comb)
-            if len(runs):
-                self._runs.append(runs.drop(columns=["row"]))
-            self._rows.append(rows_tab)
-            return out.iloc[codes].reset_index(drop=True)
+            batch, codes = combine_bands(batch, self.combine_scale)
         out, runs, rows_tab = self.search(batch)
+        key = batch_key(batch)
         if len(runs):
-            self._runs.append(runs.drop(columns=["row"]))
-        self._rows.append(rows_tab)
-        return out
+            self._log.add("runs", runs.drop(columns=["row"]), out_dir, key)
+        self._log.add("rows", rows_tab, out_dir, key)
+        top = [t for t in self._top if len(t)]
+        if top:
+            self._log.add("top", pd.concat(top, ignore_index=True), out_dir, key)
+        self._top = []
+        return out if codes is None else out.iloc[codes].reset_index(drop=True)
 
-    # -------------------------------------------------------------- plot buffer
-    def _push(self, key: float, payload: dict) -> None:
-        if not (self.plots and self.plot_buffer > 0) or not np.isfinite(key):
-            return
-        self._counter += 1
-        item = (key, self._counter, payload)
-        if len(self._heap) < self.plot_buffer:
-            heapq.heappush(self._heap, item)
-        elif key > self._heap[0][0]:
-            heapq.heapreplace(self._heap, item)
-
-    def _remember(self, segs, ridx, runs, kind):
+    # -------------------------------------------------------------- candidate light curves for plots
+    def _top_runs(self, segs, ridx, runs) -> pd.DataFrame:
         if not (self.plots and self.plot_buffer > 0):
-            return
+            return pd.DataFrame()
         lf = runs["log10_fap"].to_numpy()
+        # the lowest FAPs, and the highest powers in each decade of frequency (Figure 4 selects per bin)
         order = np.argsort(np.where(np.isfinite(lf), lf, np.inf))[: self.plot_buffer]
-        for j in order:
-            i = ridx[j]
-            n = int(segs.n_points[i])
-            self._push(-float(lf[j]), {
-                "kind": kind, "source_id": segs.batch.source_id[i], "band": str(segs.batch.band[i]),
-                "run_index": int(segs.index[i]), "f_max": float(runs["f_max"].iat[j]),
-                "fmin": float(runs["fmin"].iat[j]), "fmax": float(runs["fmax"].iat[j]),
-                "time": segs.batch.time[i, :n].copy(), "mag": segs.batch.mag[i, :n].copy(),
-                "mag_err": segs.batch.mag_err[i, :n].copy()})
+        logf = np.floor(np.log10(np.where(runs["f_max"].to_numpy() > 0, runs["f_max"].to_numpy(), np.nan)) * 4)
+        pw = runs["pwr_max"].to_numpy()
+        extra = pd.DataFrame({"b": logf, "p": pw}).dropna().sort_values("p").groupby("b").tail(2).index.to_numpy()
+        order = np.union1d(order[np.isfinite(lf[order])], extra)
+        sel = ridx[order]
+        return _long_table(segs.batch, sel, segs.n_points[sel], {
+            "kind": "run", "run_index": segs.index[sel], "log10_fap": lf[order],
+            "f_max": runs["f_max"].to_numpy()[order], "fmin": runs["fmin"].to_numpy()[order],
+            "fmax": runs["fmax"].to_numpy()[order]})
 
-    def _remember_rows(self, clean, rows, lfap, f, md):
+    def _top_rows(self, clean, rows, lfap, f, md) -> pd.DataFrame:
         if not (self.plots and self.plot_buffer > 0):
-            return
+            return pd.DataFrame()
         order = np.argsort(np.where(np.isfinite(lfap), lfap, np.inf))[: self.plot_buffer]
-        for j in order:
-            i = rows[j]
-            m = clean.mask[i]
-            self._push(-float(lfap[j]), {
-                "kind": md, "source_id": clean.source_id[i], "band": str(clean.band[i]), "run_index": -1,
-                "f_max": float(f[j]), "fmin": np.nan, "fmax": np.nan, "time": clean.time[i, m].copy(),
-                "mag": clean.mag[i, m].copy(), "mag_err": clean.mag_err[i, m].copy()})
+        order = order[np.isfinite(lfap[order])]
+        sel = rows[order]
+        return _long_table(clean, sel, clean.mask[sel].sum(axis=1), {
+            "kind": md, "run_index": np.full(order.size, -1), "log10_fap": lfap[order], "f_max": f[order],
+            "fmin": np.full(order.size, np.nan), "fmax": np.full(order.size, np.nan)})
 
     # -------------------------------------------------------------- whole run set
     def calibrate_all(self, runs: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -954,10 +951,14 @@ class PeriodSearch:
 
     def finalize(self, features: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
         out_dir = Path(out_dir)
-        if not self._rows:
+        keys = None
+        if {"source_id", "band"} <= set(features.columns) and not self.combine_bands:
+            keys = features[["source_id", "band"]]
+        runs = self._log.collect("runs", out_dir, keys)
+        rows = self._log.collect("rows", out_dir, keys, unique=("source_id", "band"))
+        if not len(rows):
+            log.warning("%s: nothing to calibrate (no partition computed)", self.name)
             return features
-        runs = pd.concat(self._runs, ignore_index=True) if self._runs else pd.DataFrame()
-        rows = pd.concat(self._rows, ignore_index=True)
         runs, rows = self.calibrate_all(runs, rows)
         from skyvar.utils.atomic import atomic_path, write_json_atomic
 
@@ -987,7 +988,8 @@ class PeriodSearch:
                  int(features.period_candidate_fap.sum()), self.fap_threshold)
         if self.plots:
             try:
-                self._plot(runs, rows, features, out_dir / "plots" / self.name)
+                top = self._log.collect("top", out_dir, keys, unique=("source_id", "band", "kind", "run_index", "point"))
+                self._plot(runs, rows, features, top, out_dir / "plots" / self.name)
             except Exception as e:  # never lose the table for a plot
                 log.error("%s: plotting failed: %s", self.name, e)
         return features
@@ -998,7 +1000,7 @@ class PeriodSearch:
             return df.source_id.astype(str)
         return df.source_id.astype(str) + "\x1f" + df.band.astype(str)
 
-    def _plot(self, runs, rows, features, pdir: Path) -> None:
+    def _plot(self, runs, rows, features, top, pdir: Path) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -1042,20 +1044,29 @@ class PeriodSearch:
             savefig_atomic(fig, pdir / "fap_cdf.png")
             plt.close(fig)
         cand = features[features.period_candidate]
-        keys = set(self._key(cand)) if len(cand) else set()
-        n = 0
-        for _, _, p in sorted(self._heap, key=lambda it: -it[0]):
-            if n >= self.n_plots:
-                break
-            pk = str(p["source_id"]) if self.combine_bands else str(p["source_id"]) + "\x1f" + p["band"]
-            if pk not in keys or not np.isfinite(p["f_max"]):
+        if not len(cand) or not len(top):
+            return
+        keys = set(self._key(cand))
+        tk = self._key(top)
+        top = top[tk.isin(keys).to_numpy()]
+        if not len(top):
+            return
+        order = top.groupby([top.source_id.astype(str), top.band.astype(str), top.kind, top.run_index],
+                            sort=False).log10_fap.first().sort_values()
+        groups = top.groupby([top.source_id.astype(str), top.band.astype(str), top.kind, top.run_index], sort=False)
+        for gkey in order.index[: self.n_plots]:  # at most n_plots figures
+            p = groups.get_group(gkey).sort_values("point")
+            f_max = float(p.f_max.iloc[0])
+            if not np.isfinite(f_max):
                 continue
-            P = 1.0 / p["f_max"]
-            t, m, e = p["time"], p["mag"], p["mag_err"]
+            P = 1.0 / f_max
+            t, m, e = p.time.to_numpy(), p.mag.to_numpy(), p.mag_err.to_numpy()
+            kind = p.kind.iloc[0]
             fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
-            if np.isfinite(p["fmin"]):
-                grid = frequency_grid("run", t[-1] - t[0], 2, self.oversample, fmin=p["fmin"], fmax=p["fmax"])
-            elif p["kind"] == "spliced":
+            if kind == "run":
+                grid = frequency_grid("run", t[-1] - t[0], 2, self.oversample, fmin=float(p.fmin.iloc[0]),
+                                      fmax=float(p.fmax.iloc[0]))
+            elif kind == "spliced":
                 grid = frequency_grid("spliced", t[-1] - t[0], oversample=self.spliced_oversample,
                                       spliced_range=self.spliced_range)
             else:
@@ -1063,20 +1074,34 @@ class PeriodSearch:
                                       survey_fmin=self.survey_fmin, survey_fmax=self.survey_fmax)
             pw = lomb_scargle(t, m, grid, normalization="variance", fit_mean=self.fit_mean, backend="nifty")
             a1.plot(grid.freq, pw, "k-", lw=0.6)
-            a1.axvline(p["f_max"], c="tab:red", lw=0.8, ls=":")
+            a1.axvline(f_max, c="tab:red", lw=0.8, ls=":")
             a1.set_xlabel("frequency (d^-1)")
             a1.set_ylabel("power (variance-scaled)")
-            a1.set_title(f"{p['source_id']} {p['band']} ({p['kind']})", fontsize=9)
+            a1.set_title(f"{gkey[0]} {gkey[1]} ({kind}{'' if gkey[3] < 0 else f' run {gkey[3]}'}) "
+                         f"log10 FAP={p.log10_fap.iloc[0]:.1f}", fontsize=9)
             ph = np.mod((t - t[0]) / P, 1.0)
             for off in (0, 1):
                 a2.errorbar(ph + off, m, e, fmt=".", ms=3, c="k", lw=0.4)
             a2.invert_yaxis()
             a2.set_xlabel(f"phase (P = {P * 24 * 60:.2f} min = {P:.5f} d)")
             a2.set_ylabel("mag")
-            sid = str(p["source_id"]).replace("/", "_")
-            savefig_atomic(fig, pdir / "candidates" / f"{sid}_{p['band']}_{p['kind']}{max(p['run_index'], 0)}.png")
+            sid = str(gkey[0]).replace("/", "_")
+            savefig_atomic(fig, pdir / "candidates" / f"{sid}_{gkey[1]}_{kind}{max(int(gkey[3]), 0)}.png")
             plt.close(fig)
-            n += 1
+
+
+def _long_table(batch: LightCurveBatch, sel: np.ndarray, npts: np.ndarray, per_lc: dict) -> pd.DataFrame:
+    """Long (one row per point) table of the light curves ``sel`` of ``batch`` plus per-curve values."""
+    if len(sel) == 0:
+        return pd.DataFrame()
+    k = np.repeat(np.arange(len(sel)), npts)
+    i = sel[k]
+    j = np.arange(npts.sum()) - np.repeat(np.cumsum(npts) - npts, npts)
+    df = pd.DataFrame({"source_id": batch.source_id[i], "band": batch.band[i], "point": j,
+                       "time": batch.time[i, j], "mag": batch.mag[i, j], "mag_err": batch.mag_err[i, j]})
+    for c, v in per_lc.items():
+        df[c] = v if np.ndim(v) == 0 else np.asarray(v)[k]
+    return df
 
 
 def _best_per_row(rows: np.ndarray, score: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 
 from skyvar.lightcurves.batch import LightCurveBatch
 from skyvar.utils.log import get_logger
@@ -230,3 +231,77 @@ def group_runs(t_start: np.ndarray, t_end: np.ndarray, gap: float = 0.25) -> np.
     out = np.empty(n, dtype=np.int64)
     out[order] = gid_sorted
     return out
+
+
+# ----------------------------------------------------------------------------- stage side tables
+def batch_key(batch: LightCurveBatch) -> str:
+    """Content fingerprint of a batch (ids, bands, times): names a stage's per-batch side files."""
+    import hashlib
+
+    h = hashlib.sha1()
+    h.update(np.asarray(batch.source_id).astype(str).astype("U").tobytes())
+    h.update(np.asarray(batch.band).astype(str).astype("U").tobytes())
+    h.update(np.ascontiguousarray(np.where(batch.mask, batch.time, 0.0)).tobytes())
+    return h.hexdigest()[:20]
+
+
+class StageLog:
+    """What a pipeline stage collects across partitions for its ``finalize``.
+
+    The light-curve pipeline may skip partitions already computed (resume) or run them in Dask worker
+    processes, so a stage's population-level step cannot rely on memory: with an ``out_dir`` the
+    tables go to ``out_dir/<stage>/<kind>/<batch key>.parquet`` (atomically; a recomputed batch
+    overwrites its file) and :meth:`collect` reads them back, keeping only the light curves present
+    in the final feature table and, for duplicates left by earlier runs, the newest file. Without an
+    ``out_dir`` (direct calls) they stay in memory.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.memory: dict[str, list[pd.DataFrame]] = {}
+
+    def reset(self) -> None:
+        self.memory = {}
+
+    def folder(self, out_dir, kind: str):
+        from pathlib import Path
+
+        return Path(out_dir) / self.name / kind
+
+    def add(self, kind: str, df: pd.DataFrame, out_dir=None, key: str | None = None) -> None:
+        if df is None or not len(df):
+            return
+        if out_dir is None:
+            self.memory.setdefault(kind, []).append(df)
+            return
+        from skyvar.utils.atomic import atomic_path
+
+        with atomic_path(self.folder(out_dir, kind) / f"{key}.parquet") as tmp:
+            df.to_parquet(tmp, index=False)
+
+    def collect(self, kind: str, out_dir=None, keys: pd.DataFrame | None = None,
+                unique: tuple[str, ...] = ("source_id", "band", "run_index")) -> pd.DataFrame:
+        frames = []
+        if out_dir is not None and self.folder(out_dir, kind).exists():
+            files = sorted(self.folder(out_dir, kind).glob("*.parquet"), key=lambda f: f.stat().st_mtime)
+            for i, f in enumerate(files):
+                try:
+                    d = pd.read_parquet(f)
+                except Exception as e:  # a damaged side file loses its rows, not the run
+                    log.error("%s: unreadable %s (%s); skipped", self.name, f, e)
+                    continue
+                frames.append(d.assign(_order=i))
+        if not frames:
+            frames = [d.assign(_order=i) for i, d in enumerate(self.memory.get(kind, []))]
+        if not frames:
+            return pd.DataFrame()
+        df = pd.concat(frames, ignore_index=True)
+        if keys is not None and {"source_id", "band"} <= set(keys.columns):
+            want = pd.MultiIndex.from_arrays([keys.source_id.astype(str), keys.band.astype(str)])
+            have = pd.MultiIndex.from_arrays([df.source_id.astype(str), df.band.astype(str)])
+            df = df[have.isin(want)]
+        cols = [c for c in unique if c in df.columns]
+        df = df.sort_values("_order", kind="stable")
+        if cols:
+            df = df.drop_duplicates(cols, keep="last")
+        return df.drop(columns="_order").reset_index(drop=True)
