@@ -13,7 +13,8 @@ an hour, classic / multi-peak / peak-bump shapes, integrated over the exposure);
 ultracompact binaries (ellipsoidal, photometric period = P_orb / 2), ZZ Ceti pulsators (1-3 modes,
 2-23 min), EW contact binaries and RR Lyrae (ab and c). Systematics: residual differential
 extinction along the run's airmass curve, single-point outliers, small step offsets when a star moves
-between detector regions, artificial multi-epoch brightenings from bleeding trails of saturated
+between detector regions, correlated (red) noise with a 10-minute correlation time at 0.3 of the
+white noise (seeing and transparency residuals), artificial multi-epoch brightenings from bleeding trails of saturated
 neighbours (the paper's main source of false flares), missing epochs (more for faint stars), and
 misestimated reported errors.
 
@@ -63,6 +64,8 @@ class WfstSimConfig:
     faint_dropout_mag: float = 21.8  # half of the epochs are lost at this magnitude
     # --- systematics
     airmass_coeff_sigma: float = 0.01  # residual extinction (mag per unit airmass) per source
+    red_noise_frac: float = 0.3  # correlated (AR(1)) noise, rms as a fraction of the white noise
+    red_noise_tau_min: float = 10.0  # its correlation time (seeing / transparency residuals)
     outlier_rate: float = 3e-4  # residual single-point outliers after the pipeline's flagging
     outlier_min: float = 0.1
     outlier_max: float = 1.0
@@ -247,6 +250,18 @@ def _flares(n: int, t: np.ndarray, rid: np.ndarray, cfg: WfstSimConfig, rng: np.
     return flux, truth
 
 
+def _ar1(n: int, t: np.ndarray, tau: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance AR(1) (Ornstein-Uhlenbeck sampled at ``t``) series for ``n`` sources; a loop over
+    epochs (hundreds), vectorised over sources."""
+    out = np.empty((n, t.size))
+    out[:, 0] = rng.normal(size=n)
+    phi = np.exp(-np.diff(t) / tau)
+    innov = rng.normal(size=(n, t.size - 1)) * np.sqrt(1 - phi**2)
+    for j in range(1, t.size):
+        out[:, j] = phi[j - 1] * out[:, j - 1] + innov[:, j - 1]
+    return out
+
+
 def simulate_wfst(cfg: WfstSimConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Simulate ``cfg.n_sources`` light curves. Returns ``(store, truth)``.
 
@@ -326,6 +341,8 @@ def simulate_wfst(cfg: WfstSimConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
             idx = np.arange(t.size)[None, :]
             on = (idx >= start[:, None]) & (idx < (start + length)[:, None])
             sysm[bleed] -= amp[:, None] * on
+        if cfg.red_noise_frac > 0:
+            sysm += cfg.red_noise_frac * sigma_of_mag(mag0, coef)[:, None] * _ar1(n, t, cfg.red_noise_tau_min / 1440.0, rng)
         mtrue = mag0[:, None] + dm + sysm
         sig = sigma_of_mag(mtrue, coef)
         mobs = mtrue + rng.normal(size=mtrue.shape) * sig
