@@ -165,9 +165,11 @@ def detrend_runs(
         u = np.where(mask[idx], (time[idx] - t0[idx][:, None]) / T, 0.0)
         pb = (base_period / T) if base_period is not None else np.full_like(T, base_period_factor)
         cols = [np.ones_like(u)]
-        for k in range(1, n_fourier + 1):
-            arg = 2 * np.pi * k * u / pb
-            cols += [np.cos(arg), np.sin(arg)]
+        c1, s1 = np.cos(2 * np.pi * u / pb), np.sin(2 * np.pi * u / pb)
+        ck, sk = c1, s1
+        for _ in range(n_fourier):  # harmonics by the angle-addition recurrence: one sin/cos pair only
+            cols += [ck, sk]
+            ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1
         x = 2 * u - 1
         for j in range(1, poly_order + 1):
             cols.append(x**j)
