@@ -264,7 +264,7 @@ def _figures(flares: dict, periods: list[dict], out_dir: Path) -> None:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
         ax.set_xlabel("FWHM (min)")
         ax.set_ylabel("peak dF/F / sigma_F")
-        ax.set_title({"paper": "one LSQ detrending (paper)", "clipped": "detrending with 2 clip iterations"},
+        ax.set_title({"paper": "one LSQ detrending (paper)", "clipped": "detrending with 2 clip iterations"}[tag],
                      fontsize=9)
     fig.colorbar(im, ax=axes, label=f"completeness at FDR_cal <= {1e-6:g}")
     savefig_atomic(fig, out_dir / "flare_completeness.png")
@@ -281,8 +281,10 @@ def _figures(flares: dict, periods: list[dict], out_dir: Path) -> None:
             x = [0.5 * (i.left + min(i.right, 8)) for i in cut.cat.categories]
             for outcome, ls in (("correct", "-"), ("alias", ":"), ("harmonic", "--")):
                 y = v.assign(o=(v.outcome == outcome) & v.detected).groupby(cut, observed=False).o.mean()
-                ax.plot(x, y.to_numpy(), ls, marker="o", ms=3, label=f"{outcome} (splice {pr['delta']:g} d)")
+                ax.plot(x, y.to_numpy(), ls, marker="o", ms=3, label=f"{outcome} (runs {pr['delta']:g} d apart)")
             ax.set_xscale("log")
+            ax.set_xticks([0.1, 0.3, 1, 3, 10], ["0.1", "0.3", "1", "3", "10"])
+            ax.minorticks_off()
             ax.set_xlabel("semi-amplitude / sigma per point")
             ax.set_ylabel("fraction detected and ...")
             ax.set_title({"run": "short periods: run mode, 10-sigma binned", "spliced": "spliced: FAP_cal <= 0.1 %"}[search],
