@@ -209,3 +209,17 @@ def test_torch_backend_on_gpu(shared_data):
     for backend in ("shared", "torch"):
         p = lomb_scargle(t, y, grid, mask=mask, backend=backend, device="cuda")
         assert _rel(p, ref) < 1e-6
+
+
+def test_stages_accept_empty_batches_and_all_nan_rows():
+    from skyvar.lightcurves.flares import FlareSearch
+
+    for L in (0, 5):
+        z = np.zeros((0, L))
+        b = LightCurveBatch(np.zeros(0, int), np.zeros(0, str), z, z, z, z.astype(bool))
+        assert len(PeriodSearch()(b)) == 0 and len(FlareSearch()(b)) == 0
+    nan = np.full((1, 4), np.nan)
+    b = LightCurveBatch(np.array([1]), np.array(["g"]), nan, nan, nan, np.ones((1, 4), bool))
+    p, f = PeriodSearch()(b), FlareSearch()(b)
+    assert np.isnan(p.pwr_max[0]) and p.period_flag[0] & FLAG_TOO_SHORT
+    assert np.isnan(f.fdr[0]) and f.flare_flag[0] & FLAG_TOO_SHORT

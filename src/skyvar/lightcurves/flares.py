@@ -226,6 +226,11 @@ def flare_statistics(
     """
     time, mag, mask = seg.time, seg.mag, seg.mask
     S, L = mag.shape
+    if S == 0 or L == 0:
+        e = np.full(S, np.nan)
+        z = np.zeros(S, dtype=np.int64)
+        return FlareStats(e, z - 1, e, e, z, e, e, e, e, np.full((S, L), np.nan), np.full((S, L), np.nan),
+                          np.zeros(S, bool))
     n = mask.sum(axis=1)
     fit_mask = mask
     for it in range(int(clip_iterations) + 1):

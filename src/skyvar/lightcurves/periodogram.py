@@ -639,9 +639,12 @@ def combine_bands(batch: LightCurveBatch, scale: bool = False) -> tuple[LightCur
 
 # ----------------------------------------------------------------------------- the pipeline stage
 def _median_dt(seg_time: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    import warnings
+
     d = np.where(mask[:, 1:] & mask[:, :-1], np.diff(seg_time, axis=1), np.nan)
-    with np.errstate(all="ignore"):
-        out = np.nanmedian(np.where(np.isfinite(d), d, np.nan), axis=1) if d.shape[1] else np.full(len(d), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (fewer than 2 points) give NaN
+        out = np.nanmedian(d, axis=1) if d.shape[1] else np.full(len(d), np.nan)
     return out
 
 
@@ -847,8 +850,8 @@ class PeriodSearch:
         out["period_flag"] = row_flags
         rows_tab = pd.DataFrame({
             "source_id": clean.source_id, "band": clean.band, "ls_mode": mode.astype(str),
-            "t_start": np.where(clean.mask, clean.time, np.inf).min(axis=1),
-            "t_end": np.where(clean.mask, clean.time, -np.inf).max(axis=1),
+            "t_start": np.where(clean.mask, clean.time, np.inf).min(axis=1, initial=np.inf),
+            "t_end": np.where(clean.mask, clean.time, -np.inf).max(axis=1, initial=-np.inf),
             "f_max": out["f_max"].to_numpy(), "pwr_max": out["pwr_max"].to_numpy(),
             "log10_fap": out["log10_fap"].to_numpy(), "n_runs": n_runs,
         })
