@@ -19,7 +19,7 @@ def test_period_outcomes_by_hand():
 
 def test_recovery_command_smoke(tmp_path):
     out = tmp_path / "rec"
-    assert main([f"out_dir={out}", "n_flare_field=400", "n_periodic_field=400", "splice_offsets=[3.0]",
+    assert main([f"out_dir={out}", "n_flare_field=250", "n_periodic_field=250", "splice_offsets=[3.0]",
                  "plots=false"]) == 0
     md = (out / "recovery.md").read_text()
     assert "Flare completeness" in md and "Period recovery, runs 3 days apart" in md

@@ -432,6 +432,8 @@ def _ls_nifty(t, y, mask, dy, use_errors, grid, fit_mean, center_data, shared, r
     if nthreads is not None:
         kw["nthreads"] = nthreads
     if shared:
+        if nthreads is None and B < 64:
+            kw["nthreads"] = 1
         tu, inv = np.unique(t[mask], return_inverse=True)
         rr, _ = np.nonzero(mask)
         Yu = np.zeros((B, tu.size))
@@ -448,6 +450,8 @@ def _ls_nifty(t, y, mask, dy, use_errors, grid, fit_mean, center_data, shared, r
             else:
                 out[ba:bb] = p
     else:
+        if nthreads is None:
+            kw["nthreads"] = 1  # one short light curve per call: threads only add OpenMP overhead
         for b in range(B):  # nifty-ls 1.1 batches only shared time grids
             m = mask[b]
             if m.sum() < 3:
