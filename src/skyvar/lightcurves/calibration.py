@@ -128,7 +128,9 @@ def plot_cdf_calibration(ax, cal: CdfCalibration, label: str = "", quantity: str
     ax.step(x, y, where="post", color="tab:blue", lw=1.5, label=f"{label} (N={cal.n})")
     model = cal.k * x
     ax.plot(x, model, color="tab:red", lw=1.2, label=f"fit k = {cal.k:.3f}" + ("" if cal.fitted else " (unfitted)"))
-    ax.fill_between(x, model, y, where=y > model, step="post", color="tab:blue", alpha=0.2, lw=0)
+    xf = np.linspace(float(x.min()), float(x.max()), 800)
+    yf = y[np.clip(np.searchsorted(x, xf, side="right") - 1, 0, len(y) - 1)]  # the step function
+    ax.fill_between(xf, cal.k * xf, yf, where=yf > cal.k * xf, color="tab:blue", alpha=0.2, lw=0)
     ax.plot(x, x, color="0.5", ls=":", lw=1, label=f"ideal null (CDF = {quantity})")
     ymin = max(float(y.min()), -8.0) - 0.3 if y.size else -5
     ax.set_ylim(ymin, 0.2)

@@ -1001,6 +1001,9 @@ class PeriodSearch:
                 log.error("%s: plotting failed: %s", self.name, e)
         return features
 
+    def _join(self, k: tuple) -> str:
+        return str(k[0]) if self.combine_bands else f"{k[0]}\x1f{k[1]}"
+
     def _key(self, df: pd.DataFrame) -> pd.Series:
         """Row key: source and band, or the source alone when bands are combined."""
         if self.combine_bands:
@@ -1061,7 +1064,12 @@ class PeriodSearch:
         order = top.groupby([top.source_id.astype(str), top.band.astype(str), top.kind, top.run_index],
                             sort=False).log10_fap.first().sort_values()
         groups = top.groupby([top.source_id.astype(str), top.band.astype(str), top.kind, top.run_index], sort=False)
-        for gkey in order.index[: self.n_plots]:  # at most n_plots figures
+        # half of the figures for short-period (run-mode, binned 10-sigma) candidates, as the paper's Fig. 10
+        binned = set(self._key(features[features.period_candidate_binned]))
+        is_run = np.array([k[2] == "run" and self._join(k) in binned for k in order.index], dtype=bool)
+        n_run = min(int(is_run.sum()), max(self.n_plots // 2, self.n_plots - int((~is_run).sum())))
+        picks = list(order.index[is_run][:n_run]) + list(order.index[~is_run][: self.n_plots - n_run])
+        for gkey in picks:  # at most n_plots figures
             p = groups.get_group(gkey).sort_values("point")
             f_max = float(p.f_max.iloc[0])
             if not np.isfinite(f_max):
@@ -1080,11 +1088,18 @@ class PeriodSearch:
                 grid = frequency_grid("survey", t[-1] - t[0], oversample=self.oversample,
                                       survey_fmin=self.survey_fmin, survey_fmax=self.survey_fmax)
             pw = lomb_scargle(t, m, grid, normalization="variance", fit_mean=self.fit_mean, backend="nifty")
-            a1.plot(grid.freq, pw, "k-", lw=0.6)
+            a1.plot(grid.freq, pw, "k-", lw=0.3)
             a1.axvline(f_max, c="tab:red", lw=0.8, ls=":")
+            span = t[-1] - t[0]
+            if kind != "run" and grid.nf > 2000:  # fringes of the run separation: zoom on the peak
+                ins = a1.inset_axes([0.58, 0.55, 0.4, 0.4])
+                z = np.abs(grid.freq - f_max) < 12.0 / span
+                ins.plot(grid.freq[z], pw[z], "k-", lw=0.6)
+                ins.axvline(f_max, c="tab:red", lw=0.8, ls=":")
+                ins.tick_params(labelsize=6)
             a1.set_xlabel("frequency (d^-1)")
             a1.set_ylabel("power (variance-scaled)")
-            a1.set_title(f"{gkey[0]} {gkey[1]} ({kind}{'' if gkey[3] < 0 else f' run {gkey[3]}'}) "
+            a1.set_title(f"{gkey[0]} {gkey[1]} ({kind if gkey[3] < 0 else f'run {gkey[3]}'}) "
                          f"log10 FAP={p.log10_fap.iloc[0]:.1f}", fontsize=9)
             ph = np.mod((t - t[0]) / P, 1.0)
             for off in (0, 1):
