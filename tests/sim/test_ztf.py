@@ -1,10 +1,9 @@
 """The ZTF-like labelled light-curve simulator."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
+from conftest import run_cli
 import pytest
 
 from skyvar.lightcurves.store import read_store
@@ -80,7 +79,7 @@ def test_cli_writes_store_and_labels(tmp_path, capsys):
 
 
 def test_dispatcher_reaches_the_simulator(tmp_path, root):
-    r = subprocess.run([sys.executable, "-m", "skyvar.sim", "lightcurves", "survey=ztf", f"out_dir={tmp_path}",
-                        "n_variables=3", "n_constant=3"], capture_output=True, text=True, cwd=root, timeout=120)
+    r = run_cli(["-m", "skyvar.sim", "lightcurves", "survey=ztf", f"out_dir={tmp_path}",
+                 "n_variables=3", "n_constant=3"], timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "labels.parquet").exists()
