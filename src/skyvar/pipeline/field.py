@@ -166,8 +166,10 @@ class FieldPipeline:
         self._logger = None
 
     # ------------------------------------------------------------------ stage bookkeeping
-    def _stage(self, name: str, key: Any, fn: Callable[[Path], dict], outputs: list[str] | None = None) -> dict:
-        """Run stage ``name`` into ``D/name`` unless its manifest has the same hash; returns its record."""
+    def _stage(self, name: str, key: Any, fn: Callable[[Path], dict], outputs: list[str] | None = None,
+               fatal: bool = True) -> dict:
+        """Run stage ``name`` into ``D/name`` unless its manifest has the same hash; returns its record.
+        A non-fatal stage (the evaluations) that raises is reported in failures.json and the run goes on."""
         d = self.out_dir / name
         h = stable_hash({"stage": name, "key": key})
         self._hash[name] = h
@@ -186,7 +188,16 @@ class FieldPipeline:
         d.mkdir(parents=True, exist_ok=True)
         log.info("stage %s: running", name)
         t0 = time.perf_counter()
-        res = fn(d) or {}
+        try:
+            res = fn(d) or {}
+        except Exception as e:
+            if fatal:
+                raise
+            log.error("stage %s failed: %s", name, e)
+            err = {"stage": name, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
+            self.failures.append(err)
+            self.summary["stages"][name] = {"status": "failed", "error": err["error"]}
+            return {"status": "failed"}
         rec = {"stage": name, "hash": h, "status": "done", "wall_s": round(time.perf_counter() - t0, 2),
                "outputs": list(outputs or []) + list(res.pop("_outputs", [])), "reused": False,
                "failures": res.pop("_failures", []), **res}
@@ -300,7 +311,7 @@ class FieldPipeline:
             phot_detector.set_reference(self.out_dir / "reference" / "reference.ecsv")
             phot_cfg = {"forced": self.forced_cfg, "reference": ref_hash, "name": phot_detector.name}
         else:
-            phot_detector, phot_cfg = detector, {"detector": self.detector_cfg}
+            phot_detector, phot_cfg = detector, {"detector": self.detector_cfg, "model": _model_fingerprint(self.detector_cfg)}
         self.summary["name"] = getattr(phot_detector, "name", name)
         rec = self._stage("photometry", {"frames": fp, "mode": mode, "cfg": phot_cfg},
                           lambda d: self._photometry(d, files, phot_detector, phot_cfg))
@@ -313,7 +324,7 @@ class FieldPipeline:
             self._stage("eval_detection", {"phot": self._hash["photometry"], "truth": files_fingerprint([Path(truth)]),
                                            "cfg": {k: self.eval_cfg[k] for k in ("detection_frames", "match_radii",
                                                                                  "target_mag_max")}},
-                        lambda d: self._eval_detection(d, catalogs, truth), outputs=["metrics.json"])
+                        lambda d: self._eval_detection(d, catalogs, truth), outputs=["metrics.json"], fatal=False)
         self._stage("associate", {"phot": self._hash["photometry"], "cfg": self.associate_cfg},
                     lambda d: self._associate(d, catalogs, files[0]), outputs=["store", "sources.parquet"])
         stages, stage_sig = self._lightcurve_stages()
@@ -324,17 +335,12 @@ class FieldPipeline:
         self._stage("candidates", {"features": self._hash["features"], "cfg": self.cand_cfg, "thr": thr},
                     lambda d: self._candidates(d, thr), outputs=["../candidates.ecsv"])
         if truth:
-            try:
-                self._stage("eval_lightcurves", {"assoc": self._hash["associate"], "truth": files_fingerprint([Path(truth)]),
-                                                 "cfg": self.eval_cfg},
-                            lambda d: self._eval_lightcurves(d, truth), outputs=["metrics.json"])
-                self._stage("eval_classification", {"cand": self._hash["candidates"],
-                                                    "lc": self._hash["eval_lightcurves"], "cfg": self.eval_cfg},
-                            lambda d: self._eval_classification(d, truth, thr), outputs=["metrics.json"])
-            except Exception as e:  # evaluation failures must not lose the catalogue
-                log.error("evaluation failed: %s", e)
-                self.failures.append({"stage": "evaluate", "error": f"{type(e).__name__}: {e}",
-                                      "traceback": traceback.format_exc(limit=5)})
+            self._stage("eval_lightcurves", {"assoc": self._hash["associate"], "truth": files_fingerprint([Path(truth)]),
+                                             "cfg": self.eval_cfg},
+                        lambda d: self._eval_lightcurves(d, truth), outputs=["metrics.json"], fatal=False)
+            self._stage("eval_classification", {"cand": self._hash["candidates"], "lc": self._hash["eval_lightcurves"],
+                                                "cfg": self.eval_cfg},
+                        lambda d: self._eval_classification(d, truth, thr), outputs=["metrics.json"], fatal=False)
         return self._finish(t_start)
 
     def config(self) -> dict:
@@ -506,7 +512,7 @@ class FieldPipeline:
                 self._skip(f"features.{key}", str(e))
                 continue
             stages.append(st)
-            sig.append(stage_signature(st))
+            sig.append({**stage_signature(st), "model": _model_fingerprint(scfg)})
         return stages, sig
 
     def _features(self, d: Path, stages: list) -> dict:
@@ -600,6 +606,18 @@ class FieldPipeline:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _model_fingerprint(cfg: Any) -> list | None:
+    """Size and modification time of the model file a component config names (``checkpoint``), so a
+    retrained model at the same path invalidates what was computed with the old one."""
+    cfg = _plain(cfg)
+    if not isinstance(cfg, dict) or not cfg.get("checkpoint"):
+        return None
+    p = Path(str(cfg["checkpoint"]))
+    if not p.is_absolute() and not p.exists():
+        p = Path(os.environ.get("SKYVAR_ROOT", ".")) / p
+    return files_fingerprint([p])
+
+
 def _frame_id(path: Path) -> str:
     name = Path(path).name
     for sfx in (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts"):
