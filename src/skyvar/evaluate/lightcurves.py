@@ -347,6 +347,8 @@ def classification_report(candidates: pd.DataFrame, match: pd.DataFrame, truth: 
       stars are not counted);
     - ``detected``: restricted to sources matched to targets (the classifier's own confusion matrix).
     Rows without a score (the classifier could not run: too few points) count as not periodic.
+    Sources matched to stars fainter than ``target_mag_max`` are in neither matrix (they are real
+    stars, so not spurious, but not targets either).
     """
     c = candidates[["source_id", score]].merge(match[["source_id", "truth_row"]], on="source_id", how="left")
     pred = (c[score].to_numpy(float) >= threshold)
