@@ -18,7 +18,9 @@ Steps:
    ``DAOStarFinder`` looks for stars they hid, ``maxiters`` passes in all) or a single
    ``PSFPhotometry`` pass; positions free within ``xy_bounds`` px of the start, ``fit_shape`` px boxes,
    the Levenberg–Marquardt fitter, optional grouping of sources closer than ``group_separation`` px.
-   Masked (bad, NaN) and saturated pixels are excluded from the fits.
+   Masked (bad, NaN) and saturated pixels are excluded from the fits; a star whose fit box holds no
+   usable pixel (a saturated core) keeps sep's position and PSF-weighted flux (from its wings) and is
+   flagged ``FLAG_FIT_FAILED``.
 
 The default settings were chosen by measurement (docs/results/baselines.md): grouping changed nothing
 at the separations sep leaves between its detections but cost time; one residual pass (``maxiters:
@@ -151,13 +153,17 @@ class PhotutilsPSFDetector(Detector):
         ix = np.asarray(init["x"], float) if len(init) else np.zeros(0)
         iy = np.asarray(init["y"], float) if len(init) else np.zeros(0)
         if len(init):
-            f0 = np.asarray(init["flux_psf"] if "flux_psf" in init.colnames else init["flux"], float)
-            f0 = np.where(np.isfinite(f0) & (f0 > 0), f0, global_rms)
+            # sep's PSF-weighted fluxes: the starting fluxes, and the fallback where a fit has no data
+            # (a saturated core fills the fit box; sep's 7 x 7 weighting measures the wings)
+            fsep = np.asarray(init["flux_psf"] if "flux_psf" in init.colnames else init["flux"], float)
+            esep = (np.asarray(init["flux_psf_err"], float) if "flux_psf_err" in init.colnames
+                    else np.full(len(init), np.nan))
         else:
-            f0 = np.zeros(0)
+            fsep = esep = np.zeros(0)
+        prior = (ix, iy, fsep, esep)
 
         def run_tile(t: Tile) -> Table:
-            return self._fit_tile(t, data, error, excl, back, psf, fit_shape, global_rms, ix, iy, f0)
+            return self._fit_tile(t, data, error, excl, back, psf, fit_shape, global_rms, prior)
 
         with warnings.catch_warnings():
             # photutils warns per tile about non-converged fits and sources at bounds; they are flagged
@@ -167,10 +173,11 @@ class PhotutilsPSFDetector(Detector):
                         background_rms=global_rms, psf_note=psf.note)
         return cat
 
-    def _fit_tile(self, t: Tile, data, error, excl, back, psf, fit_shape, global_rms, ix, iy, f0) -> Table:
+    def _fit_tile(self, t: Tile, data, error, excl, back, psf, fit_shape, global_rms, prior) -> Table:
         from photutils.detection import DAOStarFinder
         from photutils.psf import IterativePSFPhotometry, PSFPhotometry, SourceGrouper
 
+        ix, iy, fsep, esep = prior
         sl = t.slices
         d = np.ascontiguousarray(data[sl])
         e = np.ascontiguousarray(error[sl])
@@ -184,7 +191,8 @@ class PhotutilsPSFDetector(Detector):
         if self.finder == "sep":
             if not sel.any():
                 return Table()
-            init = Table({"x": ix[sel] - t.x0, "y": iy[sel] - t.y0, "flux": f0[sel]})
+            f0 = np.where(np.isfinite(fsep[sel]) & (fsep[sel] > 0), fsep[sel], global_rms)
+            init = Table({"id": np.arange(1, sel.sum() + 1), "x": ix[sel] - t.x0, "y": iy[sel] - t.y0, "flux": f0})
         dao = DAOStarFinder(threshold=self.residual_threshold * global_rms if init is not None
                             else self.dao_threshold * global_rms, fwhm=psf.fwhm, exclude_border=True)
         common = dict(grouper=grouper, fitter=self._make_fitter(), fitter_maxiters=self.fitter_maxiters,
@@ -202,18 +210,26 @@ class PhotutilsPSFDetector(Detector):
         xi = np.asarray(res["x_init"], float)
         yi = np.asarray(res["y_init"], float)
         pflags = np.asarray(res["flags"], np.int32)
-        lost = ~(np.isfinite(x) & np.isfinite(y))
+        flux = np.asarray(res["flux_fit"], float)
+        ferr = np.asarray(res["flux_err"], float) if "flux_err" in res.colnames else np.full(len(res), np.nan)
+        lost = ~(np.isfinite(x) & np.isfinite(y) & np.isfinite(flux))
         x = np.where(lost, xi, x)
         y = np.where(lost, yi, y)
         flags = np.zeros(len(res), np.int32)
         flags[(pflags & _PHOT_FAILED) > 0] |= FLAG_FIT_FAILED
         flags[lost] |= FLAG_FIT_FAILED
+        if init is not None and lost.any():
+            it = np.asarray(res["iter_detected"], int) if "iter_detected" in res.colnames else np.ones(len(res), int)
+            rid = np.asarray(res["id"], int)
+            from_sep = lost & (it == 1) & (rid >= 1) & (rid <= len(init))
+            k = rid[from_sep] - 1
+            flux[from_sep] = fsep[sel][k]
+            ferr[from_sep] = esep[sel][k]
         gsize = np.asarray(res["group_size"], int) if "group_size" in res.colnames else np.ones(len(res), int)
         flags[gsize > 1] |= FLAG_BLENDED
         out = Table()
         out["x"], out["y"] = x + t.x0, y + t.y0
-        out["flux"] = np.asarray(res["flux_fit"], float)
-        out["flux_err"] = np.asarray(res["flux_err"], float) if "flux_err" in res.colnames else np.nan
+        out["flux"], out["flux_err"] = flux, ferr
         out["flags"] = flags
         out["x_init"], out["y_init"] = xi + t.x0, yi + t.y0
         out["flux_init"] = np.asarray(res["flux_init"], float)

@@ -137,12 +137,15 @@ def _sim_image_psf(key: tuple, jitter_scale: float):
     norm = float(fine[np.ix_(ints, ints)].sum())
     data /= norm
     model = ImagePSF(data, oversampling=os_out, origin=(half, half))
-    return model, _fwhm_of(data, os_out)
+    return model, _fwhm_of(model)
 
 
-def _fwhm_of(data: np.ndarray, oversampling: int) -> float:
-    """FWHM [px] from the area above half maximum of an oversampled pixel-integrated PSF image."""
-    n_above = float((data >= 0.5 * data.max()).sum()) / oversampling**2
+def _fwhm_of(model, sampling: int = 20, half_width: float = 6.0) -> float:
+    """FWHM [px] of an ``ImagePSF`` from the area above half maximum on a 1/``sampling`` px grid."""
+    u = np.arange(-half_width, half_width + 1e-9, 1.0 / sampling)
+    xx, yy = np.meshgrid(u, u)
+    v = np.asarray(model.evaluate(xx.ravel(), yy.ravel(), 1.0, 0.0, 0.0))
+    n_above = float((v >= 0.5 * v.max()).sum()) / sampling**2
     return float(2.0 * np.sqrt(n_above / np.pi))
 
 
@@ -190,15 +193,27 @@ def select_psf_stars(data_sub: np.ndarray, bad: np.ndarray, rms: float, sources:
             if bad[max(yi[i] - r, 0): yi[i] + r + 1, max(xi[i] - r, 0): xi[i] + r + 1].any():
                 ok[i] = False
     sel = np.flatnonzero(ok)
-    sel = sel[np.argsort(-flux[sel])][:n_max]
+    sel = sel[np.argsort(-flux[sel])][: 3 * n_max]
+    if len(sel) >= 5:
+        # stars are the most compact sources: drop galaxies and blends by their second-moment width
+        w = np.array([_moment_fwhm(data_sub, x[i], y[i]) for i in sel])
+        ref = np.nanpercentile(w, 20)
+        sel = sel[np.isfinite(w) & (w <= 1.25 * ref)]
+    sel = sel[:n_max]
     return Table({"x": x[sel], "y": y[sel], "flux": flux[sel]})
 
 
-def empirical_psf(data_sub: np.ndarray, bad: np.ndarray | None, rms: float, sources: Table, oversampling: int = 4,
-                  size: int = 15, min_stars: int = 8, maxiters: int = 8, fwhm_guess: float | None = None) -> FramePSF:
-    """ePSF from the frame's own stars (``EPSFBuilder``), else a Gaussian of the stars' FWHM."""
+def empirical_psf(data_sub: np.ndarray, bad: np.ndarray | None, rms: float, sources: Table,
+                  oversampling: int | None = None, size: int = 15, min_stars: int = 8, maxiters: int = 5,
+                  fwhm_guess: float | None = None) -> FramePSF:
+    """ePSF from the frame's own stars (``EPSFBuilder``), else a Gaussian of the stars' FWHM.
+
+    ``oversampling`` None: 4 with at least 50 stars (enough to fill 16 sub-pixel phases), else 2.
+    """
     stars_tbl = select_psf_stars(data_sub, bad, rms, sources, size=size)
     fwhm = _fwhm_from_stars(data_sub, stars_tbl, fwhm_guess)
+    if oversampling is None:
+        oversampling = 4 if len(stars_tbl) >= 50 else 2
     if len(stars_tbl) >= min_stars:
         try:
             from astropy.nddata import NDData
@@ -214,7 +229,7 @@ def empirical_psf(data_sub: np.ndarray, bad: np.ndarray | None, rms: float, sour
             if np.isfinite(data).all() and data.sum() > 0:
                 half = (np.array(data.shape) - 1) / 2.0
                 model = ImagePSF(data, oversampling=oversampling, origin=(half[1], half[0]))
-                f = _fwhm_of(data, oversampling)
+                f = _fwhm_of(model)
                 return FramePSF(model=model, fwhm=f, source="epsf",
                                 note=f"EPSFBuilder from {len(stars_tbl)} stars, oversampling {oversampling}")
         except Exception as e:  # photutils raises many kinds on degenerate star sets
@@ -223,25 +238,25 @@ def empirical_psf(data_sub: np.ndarray, bad: np.ndarray | None, rms: float, sour
     return FramePSF(model=gaussian_image_psf(fwhm), fwhm=fwhm, source="gaussian", note=note)
 
 
-def _fwhm_from_stars(data_sub: np.ndarray, stars: Table, guess: float | None) -> float:
-    """Median FWHM [px] of ``stars`` from their second moments within a 4-px radius (guess if none)."""
-    if len(stars) == 0:
-        return float(guess or 2.5)
+def _moment_fwhm(data_sub: np.ndarray, x: float, y: float, r: int = 4) -> float:
+    """FWHM [px] of a Gaussian with the same second moments as the positive pixels within ``r`` px."""
     ny, nx = data_sub.shape
-    vals = []
-    for x, y in zip(stars["x"], stars["y"]):
-        xi, yi = int(round(x)), int(round(y))
-        r = 4
-        y0, y1, x0, x1 = max(yi - r, 0), min(yi + r + 1, ny), max(xi - r, 0), min(xi + r + 1, nx)
-        cut = np.clip(data_sub[y0:y1, x0:x1], 0, None)
-        if cut.sum() <= 0:
-            continue
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        w = cut / cut.sum()
-        mx, my = (w * xx).sum(), (w * yy).sum()
-        var = 0.5 * ((w * (xx - mx) ** 2).sum() + (w * (yy - my) ** 2).sum())
-        if var > 0:
-            vals.append(2.3548 * np.sqrt(var))
+    xi, yi = int(round(x)), int(round(y))
+    y0, y1, x0, x1 = max(yi - r, 0), min(yi + r + 1, ny), max(xi - r, 0), min(xi + r + 1, nx)
+    cut = np.clip(data_sub[y0:y1, x0:x1], 0, None).astype(float)
+    if cut.sum() <= 0:
+        return float("nan")
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    w = cut / cut.sum()
+    mx, my = (w * xx).sum(), (w * yy).sum()
+    var = 0.5 * ((w * (xx - mx) ** 2).sum() + (w * (yy - my) ** 2).sum())
+    return float(2.3548 * np.sqrt(var)) if var > 0 else float("nan")
+
+
+def _fwhm_from_stars(data_sub: np.ndarray, stars: Table, guess: float | None) -> float:
+    """Median moment FWHM [px] of ``stars`` (``guess``, else 2.5, when there are none)."""
+    vals = [_moment_fwhm(data_sub, x, y) for x, y in zip(stars["x"], stars["y"])]
+    vals = [v for v in vals if np.isfinite(v)]
     if not vals:
         return float(guess or 2.5)
     return float(np.clip(np.median(vals), 0.8, 30.0))

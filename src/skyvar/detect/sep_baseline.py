@@ -10,7 +10,9 @@ Steps (SExtractor's, via sep, which is derived from the SExtractor code base):
    cleaning. Defaults are the paper's Table 2: MINAREA 3, THRESH 1.6, NTHRESH 60, MINCONT 0.001.
 3. Positions: windowed positions (``sep.winpos``, SExtractor's XWIN/YWIN). The window width is the
    PSF's Gaussian sigma (``winpos_sigma: psf``) or, as SExtractor, 2/2.35 x the half-light radius of
-   each object (``winpos_sigma: sextractor``), which neighbours inflate in crowded fields.
+   each object (``winpos_sigma: sextractor``), which neighbours inflate in crowded fields. A windowed
+   position more than ``winpos_max_shift`` px from the barycentre (a window captured by a neighbour)
+   is replaced by the barycentre; ``null`` keeps SExtractor's behaviour.
 4. Fluxes, all in electrons with 1-sigma errors (background rms plus the source's Poisson noise):
    ``flux_aper`` in a circle of ``aper_radius`` px; ``flux_psf``, the PSF-weighted (matched-filter)
    flux sum(P D)/sum(P^2) over a (2 ``psf_radius`` + 1)^2 box at the windowed position, with the frame's
@@ -83,6 +85,7 @@ class SepDetector(Detector):
         back_filtersize: int = 3,
         position: str = "win",
         winpos_sigma="psf",
+        winpos_max_shift: float | None = 1.0,
         aper_radius: float = 2.5,
         psf: str = "auto",
         psf_radius: int = 3,
@@ -111,6 +114,7 @@ class SepDetector(Detector):
             raise ValueError(f"position {position!r}: choose win or bary")
         self.position = position
         self.winpos_sigma = winpos_sigma
+        self.winpos_max_shift = None if winpos_max_shift is None else float(winpos_max_shift)
         self.aper_radius = float(aper_radius)
         self.psf_mode = psf
         self.psf_radius = int(psf_radius)
@@ -221,10 +225,12 @@ class SepDetector(Detector):
             sig = np.full(n, psf.sigma if psf is not None else 1.0)
         else:
             sig = np.full(n, float(self.winpos_sigma))
-        sig = np.where(np.isfinite(sig) & (sig > 0), sig, 1.0)
+        sig = np.where(np.isfinite(sig), sig, 0.0)  # sep (like SExtractor) clamps tiny windows itself
         xw, yw, wflag = sep.winpos(d, x, y, sig, mask=bmask)
-        # winpos can run away on blends; fall back to the barycentre when it moves > 1 px
-        away = ~np.isfinite(xw) | ~np.isfinite(yw) | (np.hypot(xw - x, yw - y) > 1.0)
+        # In crowds the window can be pulled onto a neighbour; keep the barycentre when it moves too far.
+        away = ~np.isfinite(xw) | ~np.isfinite(yw)
+        if self.winpos_max_shift is not None:
+            away |= np.hypot(xw - x, yw - y) > self.winpos_max_shift
         xw = np.where(away, x, xw)
         yw = np.where(away, y, yw)
         xp, yp = (xw, yw) if self.position == "win" else (x, y)
