@@ -45,9 +45,9 @@ def box_median_background(data: np.ndarray, mask: np.ndarray | None = None, box:
 
     ny, nx = data.shape
     bs = (min(int(box), ny), min(int(box), nx))
-    # photutils needs filter_size <= the number of boxes per axis
+    # photutils needs an odd filter_size no larger than the number of boxes per axis
     nb = (int(np.ceil(ny / bs[0])), int(np.ceil(nx / bs[1])))
-    fsz = tuple(max(1, min(int(filter_size), n)) for n in nb)
+    fsz = tuple(max(1, min(int(filter_size), n) - (1 - min(int(filter_size), n) % 2)) for n in nb)
     est = {"median": MedianBackground, "sextractor": SExtractorBackground}.get(estimator)
     if est is None:
         raise ValueError(f"background estimator {estimator!r}: choose median or sextractor")

@@ -126,11 +126,18 @@ class PhotutilsPSFDetector(Detector):
 
         kw = {"psf": self.psf_mode if self.psf_mode not in (None, "none") else "auto", **self.sep_kwargs}
         sep_det = SepDetector(**kw)
-        raw = sep_det._detect(frame)
+        raw = sep_det._detect_frame(frame)
         return raw, sep_det.last_psf
 
     # ------------------------------------------------------------------ Detector
     def _detect(self, frame: Frame) -> Table:
+        from threadpoolctl import threadpool_limits
+
+        # one core by design; BLAS threads only spin on the small matrices of per-star fits
+        with threadpool_limits(limits=1):
+            return self._detect_frame(frame)
+
+    def _detect_frame(self, frame: Frame) -> Table:
         bad = (frame.mask & MASK_BAD) > 0
         excl = (frame.mask & (MASK_BAD | MASK_SATURATED)) > 0
         back, rms, global_rms = box_median_background(frame.data, bad, self.back_size, self.back_filtersize,

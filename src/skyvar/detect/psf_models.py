@@ -22,7 +22,7 @@ Conventions
   10-px-radius stamps and records the flux drawn in them as truth, so with the default R = 10 a fitted
   flux is directly comparable to the truth flux (brighter stars are drawn on larger stamps; their
   extra ≈ 1–2 % of wing light is outside this convention). An ePSF is normalised by photutils to
-  unit flux over its own stamp (``size`` px square, 15 by default).
+  unit flux over its own stamp (a square of about 5 FWHM, at least 11 px).
 """
 
 from __future__ import annotations
@@ -204,22 +204,29 @@ def select_psf_stars(data_sub: np.ndarray, bad: np.ndarray, rms: float, sources:
 
 
 def empirical_psf(data_sub: np.ndarray, bad: np.ndarray | None, rms: float, sources: Table,
-                  oversampling: int | None = None, size: int = 15, min_stars: int = 8, maxiters: int = 5,
-                  fwhm_guess: float | None = None) -> FramePSF:
+                  oversampling: int | None = None, size: int | None = None, min_stars: int = 8,
+                  maxiters: int = 5, fwhm_guess: float | None = None) -> FramePSF:
     """ePSF from the frame's own stars (``EPSFBuilder``), else a Gaussian of the stars' FWHM.
 
     ``oversampling`` None: 4 with at least 50 stars (enough to fill 16 sub-pixel phases), else 2.
+    ``size`` None: the odd stamp side nearest 5 FWHM, 11 to 35 px (photutils interpolates the empty
+    sub-pixels of the ePSF grid every iteration; its cost grows steeply with the grid).
     """
-    stars_tbl = select_psf_stars(data_sub, bad, rms, sources, size=size)
+    stars_tbl = select_psf_stars(data_sub, bad, rms, sources, size=size or 15)
     fwhm = _fwhm_from_stars(data_sub, stars_tbl, fwhm_guess)
+    if size is None:
+        size = int(np.clip(2 * np.ceil(2.5 * fwhm) + 1, 11, 35))
     if oversampling is None:
         oversampling = 4 if len(stars_tbl) >= 50 else 2
     if len(stars_tbl) >= min_stars:
         try:
             from astropy.nddata import NDData
             from photutils.psf import EPSFBuilder, ImagePSF, extract_stars
+            from threadpoolctl import threadpool_limits
 
-            with warnings.catch_warnings():
+            # EPSFBuilder's per-iteration interpolation makes tiny BLAS calls; with spare BLAS threads
+            # spinning on a busy machine one build took from 1 s to over a minute
+            with warnings.catch_warnings(), threadpool_limits(limits=1):
                 warnings.simplefilter("ignore")
                 nd = NDData(np.where(bad, 0.0, data_sub) if bad is not None else data_sub)
                 stars = extract_stars(nd, stars_tbl["x", "y"], size=size)

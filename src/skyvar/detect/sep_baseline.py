@@ -148,6 +148,14 @@ class SepDetector(Detector):
 
     # ------------------------------------------------------------------ Detector
     def _detect(self, frame: Frame) -> Table:
+        from threadpoolctl import threadpool_limits
+
+        # Small BLAS calls only (ePSF interpolation, fits): extra BLAS threads just spin, and on a busy
+        # machine they turn a 1-s ePSF build into minutes.
+        with threadpool_limits(limits=1):
+            return self._detect_frame(frame)
+
+    def _detect_frame(self, frame: Frame) -> Table:
         import sep
 
         # Dense fields: an island at 1.6 sigma can hold most of a tile, and every star in it is a
