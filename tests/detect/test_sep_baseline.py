@@ -147,3 +147,21 @@ def test_no_source_frame_yields_few_noise_detections():
     # 1.6 sigma with 3 px after filtering: pure noise gives a few spurious peaks, no crash, no bright ones
     assert len(cat) < 40
     assert np.all(cat["flux"] < 30 * 10.0 * 2.5)
+
+
+@pytest.mark.parametrize("name", ["sep", "photutils_psf"])
+def test_detector_configs_instantiate(name):
+    from conftest import ROOT
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("infer", overrides=[f"detector={name}", "paths.root_dir=."])
+    det = instantiate(cfg.detector)
+    assert det.name == name
+    if name == "sep":  # the paper's Table 2
+        assert (det.detect_minarea, det.detect_thresh, det.deblend_nthresh, det.deblend_mincont) == (3, 1.6, 60, 0.001)
+    else:  # the paper's background boxes
+        assert det.back_size == 100 and det.back_estimator == "median"
