@@ -60,7 +60,7 @@ def _kernel(spec) -> np.ndarray | None:
             yy, xx = np.mgrid[:n, :n]
             return np.exp(-((xx - c) ** 2 + (yy - c) ** 2) / (2 * (float(fwhm) / 2.3548) ** 2))
         raise ValueError(f"filter_kernel {spec!r}: default, none, gauss<fwhm>_<size> or a 2-D list")
-    k = np.asarray(spec, dtype=float)
+    k = np.asarray([list(r) for r in spec], dtype=float)  # lists or Hydra ListConfigs
     if k.ndim != 2:
         raise ValueError("filter_kernel must be 2-D")
     return k
