@@ -274,8 +274,10 @@ def collect(name: str, area: dict, out: Path, rec: dict) -> dict:
 
 def results_markdown(records: list[dict], meta: dict) -> str:
     lines = ["# skyvar: every result beside the paper's", "",
-             f"Mode: **{meta['mode']}** · generated {meta['finished']} · total wall time "
-             f"**{meta['wall_s'] / 60:.1f} min** · command: `{meta['command']}`", "",
+             f"Mode: **{meta['mode']}** · generated {meta['finished']} · wall time of all areas "
+             f"**{meta.get('areas_wall_s', meta['wall_s']) / 60:.1f} min** (this invocation "
+             f"{meta['wall_s'] / 60:.1f} min; resumed areas count with their original time) · "
+             f"command: `{meta['command']}`", "",
              "Hardware: " + ", ".join(f"{k} {v}" for k, v in meta["hardware"].items()), ""]
     lines += ["| area | status | wall time | numbers read |", "|---|---|---|---|"]
     for r in records:
@@ -350,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.fail_fast and rec["status"] == "failed":
             break
     meta = {"mode": mode, "wall_s": round(time.perf_counter() - t0, 1), "hardware": hardware(),
+            # areas resumed from an earlier invocation count with their original wall time
+            "areas_wall_s": round(sum(float(r.get("wall_s") or 0.0) for r in records), 1),
             "finished": _dt.datetime.now().isoformat(timespec="seconds"),
             "command": "python -m skyvar.reproduce " + " ".join(shlex.quote(x) for x in argv)}
     write_json_atomic(out / "results.json", {"meta": meta, "areas": records})
