@@ -70,6 +70,8 @@ CANDIDATE_FLAGS = {
     "few_points": 16,  # fewer than ``candidates.min_points`` good epochs
     "blended": 32,  # at least half of the points flagged blended by the photometry
 }
+#: Bumped when a stage's code changes what it writes, so earlier outputs are not reused.
+STAGE_VERSIONS = {"eval_classification": 2}
 STAGES = ("simulate", "reference", "photometry", "eval_detection", "associate", "features", "candidates",
           "eval_lightcurves", "eval_classification")
 
@@ -171,7 +173,7 @@ class FieldPipeline:
         """Run stage ``name`` into ``D/name`` unless its manifest has the same hash; returns its record.
         A non-fatal stage (the evaluations) that raises is reported in failures.json and the run goes on."""
         d = self.out_dir / name
-        h = stable_hash({"stage": name, "key": key})
+        h = stable_hash({"stage": name, "key": key, "version": STAGE_VERSIONS.get(name, 1)})
         self._hash[name] = h
         man = d / "_stage.json"
         if self.resume and man.exists():
@@ -581,12 +583,17 @@ class FieldPipeline:
     def _eval_classification(self, d: Path, truth, thr: float) -> dict:
         from astropy.table import Table
 
-        from skyvar.evaluate.lightcurves import TimeSeriesTruth, classification_report, plot_confusion
+        from skyvar.evaluate.lightcurves import (
+            TimeSeriesTruth,
+            classification_report,
+            noise_params,
+            plot_confusion,
+        )
 
         cand = Table.read(self.out_dir / "candidates.ecsv").to_pandas()
         mpath = self.out_dir / "eval_lightcurves" / "sources_vs_truth.parquet"
         match = pd.read_parquet(mpath) if mpath.exists() else None
-        tr = TimeSeriesTruth(truth, load_lightcurves=False)
+        tr = TimeSeriesTruth(truth)
         if match is None:
             match = tr.match_sources(pd.read_parquet(self.out_dir / "associate" / "sources.parquet"),
                                      float(self.eval_cfg["lc_match_radius"]))
@@ -597,12 +604,14 @@ class FieldPipeline:
             cand["periodic_ls"] = ((cand["flags"] & CANDIDATE_FLAGS["periodic_ls"]) > 0).astype(float)
             score, t = "periodic_ls", 0.5
         rep = classification_report(cand, match, tr, score=score, threshold=t,
-                                    target_mag_max=float(self.eval_cfg["target_mag_max"]))
+                                    target_mag_max=float(self.eval_cfg["target_mag_max"]),
+                                    snr_total=tr.lightcurve_snr_total(noise_params(tr)))
         write_json_atomic(d / "metrics.json", rep)
         if self.plots:
             plot_confusion({self.summary.get("name", "pipeline"): rep}, d / "confusion.png")
-        return {"metrics": {"score": score, **{f"{w}_{k}": rep[w][k] for w in ("pipeline", "detected")
-                                               for k in ("precision", "recall", "f1")}}}
+        return {"metrics": {"score": score, "recall_snr_ge7": rep.get("recall_snr_ge7"),
+                            **{f"{w}_{k}": rep[w][k] for w in ("pipeline", "detected")
+                               for k in ("precision", "recall", "f1")}}}
 
 
 # ------------------------------------------------------------------------------------------ helpers
