@@ -33,8 +33,7 @@ def _compose(name, overrides):
     + [("infer", g, o) for g in INFER_GROUPS for o in _options(g)],
 )
 def test_every_option_composes(config, group, option, tmp_path):
-    key = f"+{group}" if group == "experiment" else group
-    cfg = _compose(config, [f"{key}={option}", f"paths.output_dir={tmp_path}", "paths.root_dir=."])
+    cfg = _compose(config, [f"{group}={option}", f"paths.output_dir={tmp_path}", "paths.root_dir=."])
     assert cfg is not None
 
 

@@ -138,8 +138,10 @@ def pulsator(ph: np.ndarray, amp_mag: np.ndarray, kind: np.ndarray) -> np.ndarra
 def davenport_flare(t, t_peak, fwhm, amp):
     """Davenport et al. (2014) flare template; relative flux excess, ``t`` and ``fwhm`` in days."""
     x = (t - t_peak) / fwhm
-    rise = 1 + 1.941 * x - 0.175 * x**2 - 2.246 * x**3 - 1.125 * x**4
-    decay = 0.6890 * np.exp(-1.600 * x) + 0.3030 * np.exp(-0.2783 * x)
+    xr = np.clip(x, -1.0, 0.0)
+    xd = np.clip(x, 0.0, None)  # evaluate each branch only on its own domain (no overflow)
+    rise = 1 + 1.941 * xr - 0.175 * xr**2 - 2.246 * xr**3 - 1.125 * xr**4
+    decay = 0.6890 * np.exp(-1.600 * xd) + 0.3030 * np.exp(-0.2783 * xd)
     f = np.where((x > -1) & (x <= 0), rise, 0.0) + np.where(x > 0, decay, 0.0)
     return amp * np.clip(f, 0, None)
 

@@ -40,3 +40,14 @@ def stable_hash(obj: Any, n: int = 12) -> str:
         obj = OmegaConf.to_container(obj, resolve=True)
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def build_dataclass(_cls_: str, **kwargs: Any):
+    """Hydra target that builds a (nested) config dataclass named by its import path, e.g.
+    ``{_target_: skyvar.utils.config.build_dataclass, _cls_: skyvar.sim.field.FieldSimConfig, size: 256}``;
+    nested dataclass fields accept dicts."""
+    import importlib
+
+    mod, _, name = _cls_.rpartition(".")
+    cls = getattr(importlib.import_module(mod), name)
+    return config_from_dotlist(cls, base=kwargs)

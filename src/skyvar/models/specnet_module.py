@@ -1,0 +1,120 @@
+"""LightningModule around :class:`SpecNet`: cross-entropy, Adam (lr 1e-4 as Jing et al.), early stopping on
+the validation loss, ROC AUC / accuracy per stage, and a temperature for calibrated probabilities.
+
+The network is described by plain keyword arguments (``net``) and the preprocessing that produced its
+inputs (``preprocess``, keys of :class:`skyvar.spectra.preprocess.PreprocessConfig`) is saved with the
+hyper-parameters, so ``SpecNetModule.load_from_checkpoint(path)`` rebuilds both without Hydra.
+``temperature`` (a buffer, 1 until :func:`fit_temperature` sets it) divides the logits for calibrated
+probabilities (Guo et al. 2017, temperature scaling).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchmetrics
+
+from skyvar.models.components.specnet import SpecNet
+
+
+class SpecNetModule(L.LightningModule):
+    def __init__(self, net: dict | None = None, lr: float = 1e-4, weight_decay: float = 0.0,
+                 early_stopping_patience: int = 5, preprocess: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = SpecNet(**dict(net or {}))
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.metrics = torch.nn.ModuleDict({
+            stage: torchmetrics.MetricCollection({
+                "auroc": torchmetrics.classification.BinaryAUROC(),
+                "acc": torchmetrics.classification.BinaryAccuracy(),
+            }, prefix=f"{stage}/") for stage in ("train_", "val_", "test_")
+        })
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
+        """p_binary for normalised inputs (flux - 1), with the fitted temperature when ``calibrated``."""
+        logits = self.net(x)
+        if calibrated:
+            logits = logits / self.temperature
+        return logits.softmax(dim=-1)[:, 1]
+
+    def _step(self, batch, stage: str):
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        p = logits.detach().softmax(-1)[:, 1]
+        m = self.metrics[f"{stage}_"]
+        m.update(p, y)
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def _log_metrics(self, stage: str):
+        m = self.metrics[f"{stage}_"]
+        try:
+            vals = m.compute()
+        except Exception:  # AUROC needs both classes; a one-class sanity batch has none
+            vals = {}
+        for k, v in vals.items():
+            self.log(k.replace("_/", "/"), v, prog_bar=k.endswith("auroc"))
+        m.reset()
+
+    def on_train_epoch_end(self):
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self):
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self):
+        self._log_metrics("test")
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.predict_proba(x)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def configure_callbacks(self):
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        if not self.hparams.early_stopping_patience:
+            return []
+        return [EarlyStopping(monitor="val/loss", mode="min", patience=int(self.hparams.early_stopping_patience))]
+
+
+def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, max_iter: int = 200) -> float:
+    """Temperature T > 0 minimising the NLL of ``softmax(logits / T)`` on held-out data (Guo et al. 2017)."""
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp())
+
+
+def load_specnet(path, map_location: str = "cpu") -> SpecNetModule:
+    """A released or Lightning checkpoint as an eval-mode SpecNetModule (no Hydra needed)."""
+    model = SpecNetModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    return model.eval()
