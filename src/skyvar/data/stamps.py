@@ -338,7 +338,7 @@ class CSSTStampDataModule(L.LightningDataModule):
         d = self.cache_dir
         d.mkdir(parents=True, exist_ok=True)
         cfgs = self.frame_configs()
-        for split, cs in cfgs.items():
+        for cs in cfgs.values():
             for c in cs:
                 load_or_simulate(c, d)
         write_json_atomic(d / "frames.json", {s: [dataclasses.asdict(c) for c in cs] for s, cs in cfgs.items()})

@@ -197,10 +197,10 @@ class PNetModule(L.LightningModule):
         t = self.targets(batch)
         ls = self.losses(out, t)
         bs = batch["image"].shape[0]
-        self.log_dict({f"{stage}/{k}": v for k, v in ls.items()}, on_step=stage == "train", on_epoch=True,
-                      prog_bar=False, batch_size=bs, sync_dist=stage != "train")
-        self.log(f"{stage}/loss", ls["loss"], prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=bs,
-                 sync_dist=stage != "train")
+        sync = stage != "train"
+        self.log(f"{stage}/loss", ls["loss"], prog_bar=True, on_step=not sync, on_epoch=True, batch_size=bs, sync_dist=sync)
+        self.log_dict({f"{stage}/{k}": v for k, v in ls.items() if k != "loss"}, on_step=not sync, on_epoch=True,
+                      batch_size=bs, sync_dist=sync)
         return out, ls
 
     def training_step(self, batch, batch_idx):
@@ -222,7 +222,10 @@ class PNetModule(L.LightningModule):
         self._eval_step(batch, batch_idx, "test", self.test_counts)
 
     def _epoch_metrics(self, stage: str, counts: DetectionCounts) -> None:
-        m = counts.compute()
+        nt = len(counts.thresholds)
+        # torchmetrics squeezes one-element results: restore the (threshold, radius) layout
+        m = {k2: v.reshape(nt, -1) if k2 in ("recall", "precision", "f1") else v.reshape(nt)
+             for k2, v in counts.compute().items()}
         counts.reset()
         f1 = m["f1"]
         k = int(torch.argmax(f1[:, 0]))  # best threshold by F1 at the tightest radius (the paper's 0.1 px)

@@ -93,7 +93,7 @@ class PNet(nn.Module):
     def __init__(self, in_channels: int = 3, channels: tuple[int, ...] | list[int] = (16, 32, 64, 128),
                  blocks: tuple[int, ...] | list[int] = (1, 1, 1, 2), head_channels: int = 32, upsample: int = 2,
                  bottleneck_dilations: tuple[int, ...] | list[int] = (1, 2, 4), prior_prob: float = 0.003,
-                 mag_init: float = -1.0, log_var_init: float = -4.0):
+                 mag_init: float = -1.0, log_var_init: float = 0.0):
         super().__init__()
         channels, blocks = list(channels), list(blocks)
         if len(channels) != len(blocks) or len(channels) < 1:

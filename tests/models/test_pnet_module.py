@@ -1,0 +1,117 @@
+"""PNet network and LightningModule: shapes, bias prior, metrics, train.py fast_dev_run, checkpoint resume,
+transfer-learning init and the slim export."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from pnet_helpers import TINY_NET, tiny_overrides, tiny_stamp_dir  # noqa: F401 (fixture)
+
+from skyvar.detect.pnet import load_pnet
+from skyvar.models.components.pnet import PNet, normalize_input
+from skyvar.models.pnet_module import DetectionCounts, PNetModule, export_checkpoint
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (50, 77)])
+def test_pnet_outputs_full_resolution_times_upsample(shape):
+    net = PNet(**TINY_NET).eval()
+    x = torch.randn(2, 3, *shape)
+    out = net(x)
+    for name, k in PNet.HEADS:
+        assert out[name].shape == (2, k, 2 * shape[0], 2 * shape[1])
+    # the heat prior: every cell starts at the configured positive fraction
+    with torch.no_grad():
+        p = torch.sigmoid(PNet(**TINY_NET, prior_prob=0.01)(torch.zeros(1, 3, 32, 32))["heat"])
+    assert float(p.mean()) == pytest.approx(0.01, rel=0.05)
+
+
+def test_normalize_input_masks_bad_pixels():
+    img = torch.full((1, 8, 8), 100.0)
+    img[0, 2, 3] = float("nan")
+    img[0, 4, 4] = 1e6
+    mask = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    mask[0, 2, 3] = 2
+    mask[0, 4, 4] = 1
+    x = normalize_input(img, 70.0, mask, 7.0, 10.0)
+    assert torch.isfinite(x).all()
+    assert x[0, 0, 2, 3] == 0 and x[0, 0, 4, 4] == 0 and x[0, 1].sum() == 2
+    assert float(x[0, 0, 0, 0]) == pytest.approx(math.asinh(3.0))
+    assert float(x[0, 2, 0, 0]) == pytest.approx(math.log(math.sqrt(70 + 49) / 10))
+
+
+def test_detection_counts_hand_example():
+    """Three targets, one faint non-target; detections: exact, 0.5 px off, on the faint star, spurious."""
+    m = DetectionCounts([0.5], [0.1, 1.0], border_px=0.0)
+    truth = {"truth_xy": torch.tensor([[[10.0, 10.0], [20.0, 20.0], [30.0, 30.0], [40.0, 40.0]]]),
+             "truth_valid": torch.ones(1, 4, dtype=torch.bool),
+             "truth_target": torch.tensor([[True, True, True, False]]),
+             "truth_flux": torch.tensor([[1000.0, 1000.0, 1000.0, 100.0]])}
+    det = {"x": np.array([10.0, 20.5, 40.0, 5.0]), "y": np.array([10.0, 20.0, 40.0, 5.0]),
+           "magrel": np.array([0.1, -0.2, 2.5, 0.0]), "mag_sigma": np.array([0.1, 0.1, 0.1, 0.1])}
+    m.update([[det]], truth, (64, 64))
+    r = {k: v.reshape(1, -1) if k in ("recall", "precision", "f1") else v.reshape(1) for k, v in m.compute().items()}
+    # r = 0.1: TP 1, FP 2 (the 0.5 px one and the spurious one; the faint match is neutral)
+    assert r["recall"][0, 0] == pytest.approx(1 / 3) and r["precision"][0, 0] == pytest.approx(1 / 3)
+    # r = 1: TP 2, FP 1
+    assert r["recall"][0, 1] == pytest.approx(2 / 3) and r["precision"][0, 1] == pytest.approx(2 / 3)
+    assert r["f1"][0, 1] == pytest.approx(2 / 3)
+    assert r["mag_mae"][0] == pytest.approx(0.15)
+    assert r["pull_rms"][0] == pytest.approx(math.sqrt((1 + 4) / 2))
+
+
+def test_module_losses_decrease_on_a_fixed_batch(tiny_stamp_dir):  # noqa: F811 (pytest fixture)
+    from pnet_helpers import tiny_datamodule
+
+    torch.manual_seed(0)
+    dm = tiny_datamodule(tiny_stamp_dir)
+    dm.setup("fit")
+    batch = {k: v[:2] for k, v in next(iter(dm.train_dataloader())).items()}
+    mod = PNetModule(net=TINY_NET)
+    opt = torch.optim.Adam(mod.parameters(), 3e-3)
+    first = None
+    for _ in range(12):
+        ls = mod.losses(mod(batch), mod.targets(batch))
+        first = first if first is not None else {k: float(v) for k, v in ls.items()}
+        opt.zero_grad()
+        ls["loss"].backward()
+        opt.step()
+    last = {k: float(v) for k, v in mod.losses(mod(batch), mod.targets(batch)).items()}
+    assert last["loss"] < 0.6 * first["loss"]
+    assert last["focal"] < first["focal"] and last["mag_mse"] < first["mag_mse"]
+
+
+def test_train_fast_dev_run(tiny_stamp_dir, tmp_path):  # noqa: F811 (pytest fixture)
+    r = run_cli(["train.py", "model=pnet", "data=csst_stamps", *tiny_overrides(tiny_stamp_dir),
+                 "++trainer.fast_dev_run=true", f"paths.output_dir={tmp_path}", f"hydra.run.dir={tmp_path}"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_train_checkpoint_resume_init_from_and_export(tiny_stamp_dir, tmp_path):  # noqa: F811 (pytest fixture)
+    common = ["model=pnet", *tiny_overrides(tiny_stamp_dir), "test=false", "trainer.num_sanity_val_steps=0",
+              "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1", "++trainer.enable_progress_bar=false"]
+    run1 = tmp_path / "run1"
+    r = run_cli(["train.py", *common, "trainer.max_epochs=1", f"hydra.run.dir={run1}"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = run1 / "checkpoints" / "last.ckpt"
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 2 and "pnet_meta" in ck and ck["pnet_meta"]["pixel_scale_arcsec"] == 0.074
+    run2 = tmp_path / "run2"
+    r = run_cli(["train.py", *common, "trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={run2}"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck2 = torch.load(run2 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck2["global_step"] == 4 and ck2["epoch"] == 1  # resumed, not restarted
+    # the slim export loads without Hydra and carries the training metadata
+    pt = export_checkpoint(run2 / "checkpoints" / "last.ckpt", tmp_path / "pnet.pt")
+    net, meta = load_pnet(pt)
+    assert pt.stat().st_size < ck2_size(run2) and meta["upsample"] == 2 and "threshold" in meta
+    sd = {k[4:]: v for k, v in ck2["state_dict"].items() if k.startswith("net.")}
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in sd.items())
+    # transfer learning: a module initialised from it starts with the same weights
+    mod = PNetModule(net=TINY_NET, init_from=str(pt))
+    assert torch.equal(mod.net.heads["mag"].weight, net.heads["mag"].weight)
+
+
+def ck2_size(run):
+    return (run / "checkpoints" / "last.ckpt").stat().st_size
