@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 TINY_DATA = dict(frame_size=160, n_train_frames=1, n_val_frames=1, n_test_frames=1, stamp_size=64,
                  train_stamps_per_epoch=8, batch_size=4, eval_batch_size=4, vary_train_frames=False, max_truth=256)
@@ -25,6 +26,18 @@ def tiny_overrides(data_dir) -> list[str]:
     o = [f"data.data_dir={data_dir}"] + [f"data.{k}={v}" for k, v in TINY_DATA.items()]
     o += [f"model.net.{k}={v}".replace(" ", "") for k, v in TINY_NET.items()]
     return o + ["logger=none", "data.num_workers=0", "model.log_images=false"]
+
+
+@pytest.fixture
+def single_thread(monkeypatch):
+    """One torch/OpenMP thread here and in CLI subprocesses: on a shared, oversubscribed CPU two
+    threads spin at OpenMP barriers and run an order of magnitude slower."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

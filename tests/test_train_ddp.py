@@ -3,9 +3,12 @@
 SyncBatchNorm (on in trainer=ddp for GPUs) needs CUDA, so the CPU run switches it off.
 """
 
+import pytest
 import torch
 from conftest import run_cli
-from pnet_helpers import tiny_overrides, tiny_stamp_dir  # noqa: F401 (fixture)
+from pnet_helpers import single_thread, tiny_overrides, tiny_stamp_dir  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_train_pnet_ddp_two_cpu_processes(tiny_stamp_dir, tmp_path):  # noqa: F811 (pytest fixture)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from pnet_helpers import gaussian_frame, tiny_datamodule, tiny_stamp_dir  # noqa: F401 (fixture)
+from pnet_helpers import gaussian_frame, single_thread, tiny_datamodule, tiny_stamp_dir  # noqa: F401 (fixture)
 
 from skyvar.data.stamps import (
     SPLITS,
@@ -17,6 +17,8 @@ from skyvar.data.stamps import (
     transform_positions,
 )
 from skyvar.detect.pnet import decode, encode_targets, flux_to_magrel
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("k_rot", [0, 1, 2, 3])

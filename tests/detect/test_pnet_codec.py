@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from pnet_helpers import single_thread  # noqa: F401 (fixture)
 
 from skyvar.detect.pnet import (
     cell_centre,
@@ -14,6 +15,8 @@ from skyvar.detect.pnet import (
 )
 from skyvar.evaluate.matching import match_catalogs
 from skyvar.sim.field import FieldSimConfig, draw_catalogue
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _perfect_outputs(t):
@@ -94,15 +97,15 @@ def test_merge_duplicates_is_greedy_by_score():
 def test_decoder_ceiling_dense_field(upsample, ceiling):
     """Perfect truth-rendered targets at the paper's density (0.025 stars/px to i = 26), decoded and matched
     within 0.1 px: the fraction of i < 25 stars recovered is the decoder's ceiling."""
-    cfg = FieldSimConfig(size=512, seed=3)
+    cfg = FieldSimConfig(size=384, seed=3)
     cat = draw_catalogue(cfg, np.random.default_rng([cfg.seed, 0]))
     x, y, m = np.asarray(cat["x"]), np.asarray(cat["y"]), np.asarray(cat["mag_input"])
-    inside = (x >= -0.5) & (x < 511.5) & (y >= -0.5) & (y < 511.5)
+    inside = (x >= -0.5) & (x < 383.5) & (y >= -0.5) & (y < 383.5)
     x, y, m = x[inside], y[inside], m[inside]
     tgt = m < 25.0
     flux = 300 * 10 ** (-0.4 * (m - 25.85))
     t = encode_targets(torch.tensor(np.c_[x, y][None], dtype=torch.float32), flux_to_magrel(torch.tensor(flux[None])),
-                       torch.tensor(tgt[None]), (512, 512), upsample, 0.5)
+                       torch.tensor(tgt[None]), (384, 384), upsample, 0.5)
     cat = decode(_perfect_outputs(t), upsample, threshold=0.5)[0]
     di, ti, _ = match_catalogs(np.c_[cat["x"], cat["y"]], np.c_[x, y], 0.1)
     recall = np.isin(np.flatnonzero(tgt), ti).mean()

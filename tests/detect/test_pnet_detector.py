@@ -9,12 +9,15 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 from conftest import ROOT, run_cli
+from pnet_helpers import single_thread  # noqa: F401 (fixture)
 
 from skyvar.detect.base import CATALOG_COLUMNS, FLAG_BAD_PIXELS
 from skyvar.detect.pnet import DEFAULT_CHECKPOINT, PNetDetector, load_pnet
 from skyvar.evaluate.matching import match_catalogs
 from skyvar.io.fits import read_frame, write_frame
 from skyvar.sim.field import FieldSimConfig, simulate_field_to_disk
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CKPT = ROOT / DEFAULT_CHECKPOINT
 
@@ -126,10 +129,24 @@ def test_infer_cli_detector_pnet(sim_frame, tmp_path):
     frame_path, truth_path = sim_frame
     out = tmp_path / "out"
     r = run_cli(["infer.py", "pipeline=detect", "detector=pnet", f"input={frame_path}", f"truth={truth_path}",
-                 f"out_dir={out}", "detector.tile=128", "detector.overlap=32", "pipeline.progress=false",
+                 f"out_dir={out}", "detector.tile=128", "detector.overlap=32", "++pipeline.progress=false", "++pipeline.evaluate.plots_enabled=false",
                  f"hydra.run.dir={tmp_path / 'hydra'}"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     cat = Table.read(out / "catalogs" / "frame_0000.ecsv")
     assert len(cat) > 50 and set(CATALOG_COLUMNS) <= set(cat.colnames) and cat.meta["detector"] == "pnet"
     m = json.loads((out / "report" / "metrics.json").read_text())
     assert m["f1"]["1"] > 0.5
+
+
+def test_flip_averaged_inference_is_exactly_flip_equivariant(sim_frame):
+    """With tta the maps are averaged over the flip group, so detecting on a mirrored frame gives the
+    mirrored catalogue (the fine grid is mirror-symmetric about the frame centre)."""
+    det = PNetDetector(checkpoint=str(CKPT), device="cpu", tta=True, check_inputs=False)
+    frame = read_frame(sim_frame[0])
+    x, _ = det.predict_maps(frame.data[:128, :128], frame.mask[:128, :128], frame.rdnoise)
+    a = det.run_tiles(x)
+    b = det.run_tiles(x.flip(-1))
+    assert len(a["x"]) > 20 and len(a["x"]) == len(b["x"])
+    di, ti, dist = match_catalogs(np.c_[127 - b["x"], b["y"]], np.c_[a["x"], a["y"]], 1e-3)
+    assert len(di) == len(a["x"])
+    np.testing.assert_allclose(b["magrel"][di], a["magrel"][ti], atol=1e-4)

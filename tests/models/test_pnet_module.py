@@ -6,12 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
-from pnet_helpers import TINY_NET, tiny_overrides, tiny_stamp_dir  # noqa: F401 (fixture)
+from conftest import ROOT, run_cli
+from pnet_helpers import TINY_NET, single_thread, tiny_overrides, tiny_stamp_dir  # noqa: F401 (fixture)
 
 from skyvar.detect.pnet import load_pnet
 from skyvar.models.components.pnet import PNet, normalize_input
 from skyvar.models.pnet_module import DetectionCounts, PNetModule, export_checkpoint
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (50, 77)])
@@ -59,6 +61,8 @@ def test_detection_counts_hand_example():
     assert r["f1"][0, 1] == pytest.approx(2 / 3)
     assert r["mag_mae"][0] == pytest.approx(0.15)
     assert r["pull_rms"][0] == pytest.approx(math.sqrt((1 + 4) / 2))
+    # pulls +1 and -2: median -0.5, MAD 1.5
+    assert r["pull_robust_std"][0] == pytest.approx(1.4826 * 1.5)
 
 
 def test_module_losses_decrease_on_a_fixed_batch(tiny_stamp_dir):  # noqa: F811 (pytest fixture)
@@ -71,7 +75,7 @@ def test_module_losses_decrease_on_a_fixed_batch(tiny_stamp_dir):  # noqa: F811 
     mod = PNetModule(net=TINY_NET)
     opt = torch.optim.Adam(mod.parameters(), 3e-3)
     first = None
-    for _ in range(12):
+    for _ in range(30):
         ls = mod.losses(mod(batch), mod.targets(batch))
         first = first if first is not None else {k: float(v) for k, v in ls.items()}
         opt.zero_grad()
@@ -88,30 +92,37 @@ def test_train_fast_dev_run(tiny_stamp_dir, tmp_path):  # noqa: F811 (pytest fix
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+def _compose_train(overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
 def test_train_checkpoint_resume_init_from_and_export(tiny_stamp_dir, tmp_path):  # noqa: F811 (pytest fixture)
+    """In-process ``run_training`` (the train.py driver): 1 epoch, then resume with ``ckpt_path`` to 2."""
+    from skyvar.training import run_training
+
     common = ["model=pnet", *tiny_overrides(tiny_stamp_dir), "test=false", "trainer.num_sanity_val_steps=0",
-              "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1", "++trainer.enable_progress_bar=false"]
-    run1 = tmp_path / "run1"
-    r = run_cli(["train.py", *common, "trainer.max_epochs=1", f"hydra.run.dir={run1}"], timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+              "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1", "++trainer.enable_progress_bar=false",
+              "++trainer.enable_model_summary=false"]
+    run1, run2 = tmp_path / "run1", tmp_path / "run2"
+    run_training(_compose_train([*common, "trainer.max_epochs=1", f"paths.output_dir={run1}"]))
     last = run1 / "checkpoints" / "last.ckpt"
     ck = torch.load(last, map_location="cpu", weights_only=False)
     assert ck["global_step"] == 2 and "pnet_meta" in ck and ck["pnet_meta"]["pixel_scale_arcsec"] == 0.074
-    run2 = tmp_path / "run2"
-    r = run_cli(["train.py", *common, "trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={run2}"], timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_training(_compose_train([*common, "trainer.max_epochs=2", f"ckpt_path={last}", f"paths.output_dir={run2}"]))
     ck2 = torch.load(run2 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ck2["global_step"] == 4 and ck2["epoch"] == 1  # resumed, not restarted
     # the slim export loads without Hydra and carries the training metadata
     pt = export_checkpoint(run2 / "checkpoints" / "last.ckpt", tmp_path / "pnet.pt")
     net, meta = load_pnet(pt)
-    assert pt.stat().st_size < ck2_size(run2) and meta["upsample"] == 2 and "threshold" in meta
+    assert pt.stat().st_size < (run2 / "checkpoints" / "last.ckpt").stat().st_size
+    assert meta["upsample"] == 2 and "threshold" in meta and meta["epoch"] == 1
     sd = {k[4:]: v for k, v in ck2["state_dict"].items() if k.startswith("net.")}
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in sd.items())
     # transfer learning: a module initialised from it starts with the same weights
     mod = PNetModule(net=TINY_NET, init_from=str(pt))
     assert torch.equal(mod.net.heads["mag"].weight, net.heads["mag"].weight)
-
-
-def ck2_size(run):
-    return (run / "checkpoints" / "last.ckpt").stat().st_size

@@ -273,7 +273,7 @@ class PNetDetector(Detector):
     def __init__(self, checkpoint: str | None = None, device: str = "auto", tile: int = 512, overlap: int = 64,
                  batch_size: int = 4, threshold: float | None = None, min_separation_px: float = 0.25,
                  blend_radius_px: float = 1.5, background_box: int = 64, check_inputs: bool = True,
-                 warn_tolerance: float = 0.15, name: str = "pnet"):
+                 warn_tolerance: float = 0.15, tta: bool = False, name: str = "pnet"):
         from skyvar.inference import resolve_device
 
         self.name = name
@@ -293,8 +293,11 @@ class PNetDetector(Detector):
         self.blend_radius_px = float(blend_radius_px)
         self.background_box = int(background_box)
         self.input_scale = float(self.meta.get("input_scale_e", 10.0))
+        # validation-fitted factor making the spread of (m - m_true)/mag_err one (PNetModule meta)
+        self.mag_err_scale = float(self.meta.get("mag_err_scale", 1.0))
         self.check_inputs = check_inputs
         self.warn_tolerance = float(warn_tolerance)
+        self.tta = bool(tta)
 
     def __repr__(self) -> str:
         return f"PNetDetector(checkpoint={str(self.checkpoint)!r}, threshold={self.threshold})"
@@ -350,7 +353,7 @@ class PNetDetector(Detector):
             for i0 in range(0, len(group), self.batch_size):
                 chunk = group[i0 : i0 + self.batch_size]
                 xb = torch.cat([x[..., t.y0 : t.y1, t.x0 : t.x1] for t in chunk]).to(self.device)
-                out = self.net(xb)
+                out = self.forward(xb)
                 dets = decode(out, self.net.upsample, self.threshold, min_separation_px=self.min_separation_px)
                 for t, d in zip(chunk, dets):
                     d["x"] = d["x"] + t.x0
@@ -365,9 +368,35 @@ class PNetDetector(Detector):
             cat = {n: v[k] for n, v in cat.items()}
         return cat
 
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Network maps; with ``tta`` the average over the 4 flips (maps flipped back, offsets negated
+        along flipped axes; heat averaged as probabilities). The fine grid is mirror-symmetric, so
+        flipping is exact."""
+        if not self.tta:
+            return self.net(x)
+        acc: dict[str, torch.Tensor] = {}
+        flips = [(), (-1,), (-2,), (-2, -1)]
+        for dims in flips:
+            o = self.net(x.flip(dims) if dims else x)
+            o = {k: (v.flip(dims) if dims else v) for k, v in o.items()}
+            off = o["offset"].clone()
+            if -1 in dims:
+                off[:, 0] = -off[:, 0]
+            if -2 in dims:
+                off[:, 1] = -off[:, 1]
+            o["offset"] = off
+            o["heat"] = torch.sigmoid(o["heat"])
+            for k, v in o.items():
+                acc[k] = acc[k] + v if k in acc else v
+        acc = {k: v / len(flips) for k, v in acc.items()}
+        p = acc["heat"].clamp(1e-6, 1 - 1e-6)
+        acc["heat"] = torch.log(p / (1 - p))
+        return acc
+
     def _to_table(self, cat: dict[str, np.ndarray], frame: Frame) -> Table:
         flux = MAG_REF_E * 10 ** (-0.4 * cat["magrel"].astype(np.float64))
-        sig = cat["mag_sigma"].astype(np.float64)
+        sig = cat["mag_sigma"].astype(np.float64) * self.mag_err_scale
         t = Table()
         t["x"], t["y"] = cat["x"].astype(np.float64), cat["y"].astype(np.float64)
         t["flux"] = flux

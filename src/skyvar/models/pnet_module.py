@@ -31,6 +31,7 @@ import lightning as L
 import numpy as np
 import torch
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from skyvar.detect.pnet import decode, encode_targets, export_pnet, flux_to_magrel, load_pnet
 from skyvar.models.components.pnet import PNet, normalize_input
@@ -67,6 +68,8 @@ class DetectionCounts(Metric):
         self.add_state("n_target", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         for name in ("n_mag", "abs_dm", "n_pull", "pull_sq", "pull_abs_le1"):
             self.add_state(name, default=torch.zeros(len(self.thresholds), dtype=torch.float64), dist_reduce_fx="sum")
+        # (threshold index, pull) rows for the robust spread of (m - m_true)/mag_err
+        self.add_state("pull_values", default=[], dist_reduce_fx="cat")
 
     def update(self, dets: list[list[dict[str, np.ndarray]]], truth: dict[str, torch.Tensor], size: tuple[int, int]) -> None:
         """``dets[k][b]``: catalogue of image b at threshold k (from :func:`decode`)."""
@@ -99,14 +102,29 @@ class DetectionCounts(Metric):
                         self.n_pull[k] += len(pull)
                         self.pull_sq[k] += float((np.clip(pull, -10, 10) ** 2).sum())
                         self.pull_abs_le1[k] += float((np.abs(pull) <= 1).sum())
+                        self.pull_values.append(torch.tensor(np.c_[np.full(len(pull), k), pull], dtype=torch.float64,
+                                                             device=self.n_pull.device))
 
     def compute(self) -> dict[str, torch.Tensor]:
         rec = self.tp / self.n_target.clamp(min=1)
         prec = self.tp / (self.tp + self.fp).clamp(min=1)
         f1 = torch.where(rec + prec > 0, 2 * rec * prec / (rec + prec).clamp(min=1e-12), torch.zeros_like(rec))
+        pv = dim_zero_cat(self.pull_values) if len(self.pull_values) else torch.zeros(0, 2, dtype=torch.float64)
+        rstd = torch.full((len(self.thresholds),), float("nan"), dtype=torch.float64)
+        for k in range(len(self.thresholds)):
+            p = pv[pv[:, 0] == k, 1].cpu().numpy()
+            if len(p) > 1:  # numpy's median (torch's returns the lower middle value)
+                rstd[k] = 1.4826 * float(np.median(np.abs(p - np.median(p))))
         return {"recall": rec, "precision": prec, "f1": f1, "mag_mae": self.abs_dm / self.n_mag.clamp(min=1),
+                "pull_robust_std": rstd,
                 "pull_rms": torch.sqrt(self.pull_sq / self.n_pull.clamp(min=1)),
                 "pull_frac_1sigma": self.pull_abs_le1 / self.n_pull.clamp(min=1)}
+
+
+def _plain(v):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else dict(v)
 
 
 def _inner(x, y, H, W, bd):
@@ -136,8 +154,11 @@ class PNetModule(L.LightningModule):
         log_images: bool = True,
     ):
         super().__init__()
-        net = dict(net or {})
+        # plain containers (not OmegaConf) in the checkpoint, so it loads with torch.load(weights_only=True)
+        net = _plain(net or {})
         net.pop("_target_", None)
+        val_thresholds = [float(t) for t in val_thresholds]
+        match_radii = [float(r) for r in match_radii]
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.hparams["net"] = net
         self.net = PNet(**net)
@@ -230,13 +251,18 @@ class PNetModule(L.LightningModule):
         f1 = m["f1"]
         k = int(torch.argmax(f1[:, 0]))  # best threshold by F1 at the tightest radius (the paper's 0.1 px)
         out = {f"{stage}/threshold": float(counts.thresholds[k]), f"{stage}/mag_mae": m["mag_mae"][k],
-               f"{stage}/pull_rms": m["pull_rms"][k], f"{stage}/pull_frac_1sigma": m["pull_frac_1sigma"][k]}
+               f"{stage}/pull_rms": m["pull_rms"][k], f"{stage}/pull_frac_1sigma": m["pull_frac_1sigma"][k],
+               f"{stage}/pull_robust_std": m["pull_robust_std"][k]}
         for r_i, r in enumerate(counts.radii):
             for name in ("f1", "recall", "precision"):
                 out[f"{stage}/{name}_r{r:g}"] = m[name][k, r_i]
         self.log_dict({k2: torch.as_tensor(v, dtype=torch.float32) for k2, v in out.items()}, sync_dist=False)
         if stage == "val" and not self.trainer.sanity_checking:
             self.meta["threshold"] = float(counts.thresholds[k])
+            # post-hoc calibration of the predicted sigma on validation stamps (applied by PNetDetector)
+            r = float(m["pull_robust_std"][k])
+            if np.isfinite(r) and r > 0:
+                self.meta["mag_err_scale"] = r
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_metrics("val", self.val_counts)
