@@ -65,6 +65,26 @@ def test_detection_counts_hand_example():
     assert r["pull_robust_std"][0] == pytest.approx(1.4826 * 1.5)
 
 
+def test_example_figure_for_the_logger(tiny_stamp_dir):  # noqa: F811 (pytest fixture)
+    from pnet_helpers import tiny_datamodule
+
+    from skyvar.models.pnet_module import example_figure
+
+    dm = tiny_datamodule(tiny_stamp_dir)
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    mod = PNetModule(net=TINY_NET).eval()
+    with torch.no_grad():
+        out = mod(batch)
+    from skyvar.detect.pnet import decode
+
+    fig = example_figure(batch, out, decode(out, 2, 0.01))
+    assert len(fig.axes) >= 3 and fig.axes[2].get_legend() is not None
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def test_module_losses_decrease_on_a_fixed_batch(tiny_stamp_dir):  # noqa: F811 (pytest fixture)
     from pnet_helpers import tiny_datamodule
 

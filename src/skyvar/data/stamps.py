@@ -32,7 +32,6 @@ truth of every star whose centre lies in the stamp, padded to ``max_truth`` rows
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -389,9 +388,6 @@ class CSSTStampDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, False, self.hparams.eval_batch_size or self.hparams.batch_size)
-
-    def describe(self) -> str:
-        return json.dumps({k: v for k, v in self.hparams.items()}, default=str)
 
 
 def _as_dc(cls, v):
