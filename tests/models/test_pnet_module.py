@@ -85,6 +85,20 @@ def test_example_figure_for_the_logger(tiny_stamp_dir):  # noqa: F811 (pytest fi
     plt.close(fig)
 
 
+def test_ema_update_and_swap():
+    mod = PNetModule(net=TINY_NET, ema_decay=0.5)
+    mod.on_train_batch_end(None, None, 0)  # first call: the average starts at the weights
+    w0 = mod.net.heads["mag"].bias.detach().clone()
+    with torch.no_grad():
+        mod.net.heads["mag"].bias += 1.0
+    mod.on_train_batch_end(None, None, 0)  # global_step 0: d = min(0.5, 1/10) = 0.1
+    assert torch.allclose(mod._ema["heads.mag.bias"], 0.1 * w0 + 0.9 * (w0 + 1.0))
+    mod._swap_in_ema()
+    assert torch.allclose(mod.net.heads["mag"].bias, 0.1 * w0 + 0.9 * (w0 + 1.0))
+    mod._swap_out_ema()
+    assert torch.allclose(mod.net.heads["mag"].bias, w0 + 1.0)
+
+
 def test_module_losses_decrease_on_a_fixed_batch(tiny_stamp_dir):  # noqa: F811 (pytest fixture)
     from pnet_helpers import tiny_datamodule
 
@@ -141,8 +155,13 @@ def test_train_checkpoint_resume_init_from_and_export(tiny_stamp_dir, tmp_path):
     net, meta = load_pnet(pt)
     assert pt.stat().st_size < (run2 / "checkpoints" / "last.ckpt").stat().st_size
     assert meta["upsample"] == 2 and "threshold" in meta and meta["epoch"] == 1
+    # the export carries the weight average (EMA) where it exists, the raw weights elsewhere (buffers)
+    assert meta["ema"] and set(ck2["pnet_ema"]) == {k for k, _ in net.named_parameters()}
     sd = {k[4:]: v for k, v in ck2["state_dict"].items() if k.startswith("net.")}
+    sd.update(ck2["pnet_ema"])
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in sd.items())
+    raw = {k[4:]: v for k, v in ck2["state_dict"].items() if k.startswith("net.")}
+    assert any(not torch.equal(raw[k], v) for k, v in ck2["pnet_ema"].items())
     # transfer learning: a module initialised from it starts with the same weights
     mod = PNetModule(net=TINY_NET, init_from=str(pt))
     assert torch.equal(mod.net.heads["mag"].weight, net.heads["mag"].weight)

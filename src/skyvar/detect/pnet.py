@@ -235,7 +235,10 @@ def load_pnet(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         net_kw = dict(ck["hyper_parameters"]["net"])
         net_kw.pop("_target_", None)
         sd = {k[len("net."):]: v for k, v in ck["state_dict"].items() if k.startswith("net.")}
+        # the weight average (what validation measured) replaces the raw training weights
+        sd.update(ck.get("pnet_ema", {}))
         meta = dict(ck.get("pnet_meta", {}))
+        meta["ema"] = "pnet_ema" in ck
     else:
         raise ValueError(f"{path}: not a PNet checkpoint (no '{CHECKPOINT_FORMAT}' format or Lightning state)")
     net = PNet(**net_kw)

@@ -152,6 +152,7 @@ class PNetModule(L.LightningModule):
         min_separation_px: float = 0.25,
         init_from: str | None = None,
         log_images: bool = True,
+        ema_decay: float = 0.999,
     ):
         super().__init__()
         # plain containers (not OmegaConf) in the checkpoint, so it loads with torch.load(weights_only=True)
@@ -168,6 +169,10 @@ class PNetModule(L.LightningModule):
         self.test_counts = DetectionCounts(list(val_thresholds), list(match_radii), val_border_px)
         self.meta: dict[str, Any] = {"input_scale_e": float(input_scale_e), "upsample": self.net.upsample,
                                      "heatmap_sigma_px": heatmap_sigma_px, "threshold": 0.35}
+        # exponential moving average of the weights (used for validation, test and the export); kept
+        # outside the state_dict so checkpoints with and without it load into the same module
+        self._ema: dict[str, torch.Tensor] | None = None
+        self._backup: dict[str, torch.Tensor] | None = None
         if init_from:
             self.init_weights_from(init_from)
 
@@ -188,9 +193,54 @@ class PNetModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pnet_meta"] = dict(self.meta)
+        if self._ema is not None:
+            checkpoint["pnet_ema"] = {k: v.detach().cpu().clone() for k, v in self._ema.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.meta.update(checkpoint.get("pnet_meta", {}))
+        if "pnet_ema" in checkpoint:
+            self._ema = {k: v.clone() for k, v in checkpoint["pnet_ema"].items()}
+
+    # ------------------------------------------------------------------ weight averaging
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        d = float(self.hparams.ema_decay)
+        if d <= 0:
+            return
+        params = dict(self.net.named_parameters())
+        if self._ema is None or any(k not in self._ema for k in params):
+            self._ema = {k: p.detach().clone() for k, p in params.items()}
+            return
+        n = self.global_step
+        d = min(d, (1.0 + n) / (10.0 + n))  # short memory early in training
+        with torch.no_grad():
+            for k, p in params.items():
+                e = self._ema[k]
+                if e.device != p.device:
+                    e = self._ema[k] = e.to(p.device)
+                e.mul_(d).add_(p.detach(), alpha=1.0 - d)
+
+    def _swap_in_ema(self) -> None:
+        if self._ema is None or self._backup is not None:
+            return
+        params = dict(self.net.named_parameters())
+        self._backup = {k: p.detach().clone() for k, p in params.items()}
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(self._ema[k].to(p.device))
+
+    def _swap_out_ema(self) -> None:
+        if self._backup is None:
+            return
+        with torch.no_grad():
+            for k, p in self.net.named_parameters():
+                p.copy_(self._backup[k])
+        self._backup = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._swap_in_ema()
+
+    def on_test_epoch_start(self) -> None:
+        self._swap_in_ema()
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -265,9 +315,12 @@ class PNetModule(L.LightningModule):
                 self.meta["mag_err_scale"] = r
 
     def on_validation_epoch_end(self) -> None:
+        # training weights are back before ModelCheckpoint saves (in on_validation_end)
+        self._swap_out_ema()
         self._epoch_metrics("val", self.val_counts)
 
     def on_test_epoch_end(self) -> None:
+        self._swap_out_ema()
         self._epoch_metrics("test", self.test_counts)
 
     # ------------------------------------------------------------------ images
