@@ -112,3 +112,11 @@ def test_decoder_ceiling_dense_field(upsample, ceiling):
     fp = len(cat["x"]) - len(di)
     assert recall >= ceiling, recall
     assert fp == 0
+
+
+def test_star_weights_go_to_the_owned_regression_cells():
+    xy = torch.tensor([[[4.0, 4.0], [12.0, 12.0]]])
+    t = encode_targets(xy, torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), (16, 16), 2, 0.5,
+                       star_weight=torch.tensor([[3.0, 1.0]]))
+    w = t["weight"][0, 0]
+    assert float(w.sum()) == 9 * 3.0 + 9 * 1.0 and float(w[int(2 * 4.5), int(2 * 4.5)]) == 3.0

@@ -96,13 +96,14 @@ def cell_centre(j: torch.Tensor, upsample: int) -> torch.Tensor:
 
 
 def encode_targets(xy: torch.Tensor, mag: torch.Tensor, use: torch.Tensor, shape: tuple[int, int], upsample: int = 2,
-                   sigma_px: float = 0.5, reg_radius: int = 1) -> dict[str, torch.Tensor]:
+                   sigma_px: float = 0.5, reg_radius: int = 1, star_weight: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
     """Dense targets on the fine grid from padded truth.
 
     ``xy`` (B, N, 2) pixel positions, ``mag`` (B, N) the ``mag`` head's target, ``use`` (B, N) bool
     (stars that are detection targets). Returns ``heat`` (B, 1, uH, uW), ``offset`` (B, 2, uH, uW),
-    ``mag`` (B, 1, uH, uW), ``weight`` (B, 1, uH, uW) (1 where offset/mag are defined) and
-    ``n_pos`` (number of centre cells).
+    ``mag`` (B, 1, uH, uW), ``weight`` (B, 1, uH, uW) (the owning star's ``star_weight``, default 1,
+    where offset/mag are defined, else 0) and ``n_pos`` (number of centre cells).
     """
     B, N = use.shape
     H, W = shape
@@ -114,6 +115,7 @@ def encode_targets(xy: torch.Tensor, mag: torch.Tensor, use: torch.Tensor, shape
     b_idx = torch.arange(B, device=dev)[:, None].expand(B, N)
     sel = use.bool()
     bs, jxs, jys, xs, ys, ms = b_idx[sel], jx[sel], jy[sel], x[sel], y[sel], mag[sel].float()
+    ws = torch.ones_like(xs) if star_weight is None else star_weight[sel].float()
 
     # heatmap: Gaussians centred on the stars' fine cells, combined by max
     s = sigma_px * u
@@ -140,6 +142,7 @@ def encode_targets(xy: torch.Tensor, mag: torch.Tensor, use: torch.Tensor, shape
     flat = ((bs[:, None] * Hf + cy) * Wf + cx)[inb]
     dist, ox, oy = dist[inb], ox[inb], oy[inb]
     mm = ms[:, None].expand_as(cx)[inb]
+    ww = ws[:, None].expand_as(cx)[inb]
     best = torch.full((B * Hf * Wf,), float("inf"), device=dev)
     best.scatter_reduce_(0, flat, dist, reduce="amin", include_self=True)
     own = dist <= best[flat]
@@ -149,7 +152,7 @@ def encode_targets(xy: torch.Tensor, mag: torch.Tensor, use: torch.Tensor, shape
     offset[0, flat[own]] = ox[own]
     offset[1, flat[own]] = oy[own]
     magt[flat[own]] = mm[own]
-    weight[flat[own]] = 1.0
+    weight[flat[own]] = ww[own]
     return {
         "heat": heat.view(B, 1, Hf, Wf),
         "offset": offset.view(2, B, Hf, Wf).permute(1, 0, 2, 3).contiguous(),

@@ -22,6 +22,7 @@ release checkpoint (weights, constructor arguments, training metadata; loadable 
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -145,6 +146,7 @@ class PNetModule(L.LightningModule):
         focal_beta: float = 4.0,
         heatmap_sigma_px: float = 0.5,
         reg_radius: int = 1,
+        mag_weight_alpha: float = 0.0,
         input_scale_e: float = 10.0,
         val_thresholds: tuple[float, ...] = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65),
         match_radii: tuple[float, ...] = (0.1, 1.0),
@@ -153,6 +155,9 @@ class PNetModule(L.LightningModule):
         init_from: str | None = None,
         log_images: bool = True,
         ema_decay: float = 0.999,
+        warmup_steps: int = 200,
+        schedule_epochs: int | None = None,
+        lr_min_ratio: float = 0.02,
     ):
         super().__init__()
         # plain containers (not OmegaConf) in the checkpoint, so it loads with torch.load(weights_only=True)
@@ -251,8 +256,12 @@ class PNetModule(L.LightningModule):
     def targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         h = self.hparams
         use = batch["truth_target"] & batch["truth_valid"]
+        w = None
+        if h.mag_weight_alpha:
+            # up-weight the rare bright stars (luminosity function slope 0.311 dex/mag)
+            w = torch.clamp(10 ** (0.311 * h.mag_weight_alpha * (25.0 - batch["truth_mag"].clamp(max=30.0))), 1.0, 30.0)
         return encode_targets(batch["truth_xy"], flux_to_magrel(batch["truth_flux"]), use, tuple(batch["image"].shape[-2:]),
-                              self.net.upsample, h.heatmap_sigma_px, h.reg_radius)
+                              self.net.upsample, h.heatmap_sigma_px, h.reg_radius, star_weight=w)
 
     def losses(self, out: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         h = self.hparams
@@ -340,11 +349,31 @@ class PNetModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisers
     def configure_optimizers(self):
+        """Adam (the paper) with, unless a ``scheduler`` partial is given, a per-step schedule: linear
+        warm-up over ``warmup_steps``, then cosine decay to ``lr_min_ratio`` over ``schedule_epochs``
+        (default: ``trainer.max_epochs``; fix it when training in resumed chunks)."""
         opt = self.optimizer_fn(params=self.parameters()) if self.optimizer_fn else torch.optim.Adam(self.parameters(), 1e-3)
-        if self.scheduler_fn is None:
-            return opt
-        sch = self.scheduler_fn(optimizer=opt)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "epoch", "frequency": 1}}
+        if self.scheduler_fn is not None:
+            sch = self.scheduler_fn(optimizer=opt)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "epoch", "frequency": 1}}
+        h = self.hparams
+        epochs = h.schedule_epochs or self.trainer.max_epochs
+        per_epoch = max(1, int(self.trainer.estimated_stepping_batches // max(self.trainer.max_epochs, 1)))
+        sch = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(h.warmup_steps, per_epoch * epochs, h.lr_min_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "step", "frequency": 1}}
+
+
+class WarmupCosine:
+    """LR factor per optimiser step: linear warm-up, then cosine from 1 to ``min_ratio`` at ``total``."""
+
+    def __init__(self, warmup: int, total: int, min_ratio: float):
+        self.warmup, self.total, self.min_ratio = int(warmup), max(int(total), 1), float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        t = min(1.0, (step - self.warmup) / max(self.total - self.warmup, 1))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def example_figure(batch, out, dets, index: int = 0):

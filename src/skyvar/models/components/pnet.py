@@ -16,7 +16,10 @@ Architecture (dense-field paper §3.2.1, adapted):
   the fine cell's centre to the star), ``mag`` (instrumental magnitude −2.5 log10(flux / 1000 e⁻))
   and ``log_var`` (log variance of ``mag``, for honest ``mag_err``).
 
-Everything is fp32 (the paper moved PNet from fp16 to fp32 for photometric precision).
+Everything is fp32 (the paper moved PNet from fp16 to fp32 for photometric precision). Batch
+normalisation by default (it trains several times faster here than the normalisation-free variant,
+``norm="none"``, measured over the first 100 steps); every residual block starts as the identity
+(a zero-initialised gain, SkipInit).
 
 Input (see :func:`normalize_input`): three channels built from a frame in electrons,
 ``asinh((I − B) / s)``, the mask (1 = NaN/saturated/bad, whose pixels are zeroed) and
@@ -66,22 +69,34 @@ def normalize_input(image_e: torch.Tensor, background_e, mask: torch.Tensor | No
     return torch.cat([x, m, torch.log(noise / scale_e).expand_as(x)], dim=1)
 
 
-def _cbr(ci: int, co: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(ci, co, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(co), nn.ReLU(inplace=True))
+def _norm(kind: str, c: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(c)
+    if kind == "group":
+        return nn.GroupNorm(min(8, c), c)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; choose none, batch or group")
+
+
+def _cbr(ci: int, co: int, stride: int = 1, dilation: int = 1, norm: str = "batch") -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(ci, co, 3, stride=stride, padding=dilation, dilation=dilation, bias=norm == "none"),
+                         _norm(norm, co), nn.ReLU(inplace=True))
 
 
 class ResBlock(nn.Module):
-    """conv-BN-ReLU-conv-BN plus identity, then ReLU (He et al. 2016)."""
+    """conv-(norm)-ReLU-conv-(norm), scaled by a learnable gain that starts at 0 (SkipInit, De & Smith
+    2020: every block starts as the identity), plus the identity, then ReLU."""
 
-    def __init__(self, c: int, dilation: int = 1):
+    def __init__(self, c: int, dilation: int = 1, norm: str = "batch"):
         super().__init__()
-        self.conv1 = _cbr(c, c, dilation=dilation)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=dilation, dilation=dilation, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
+        self.conv1 = _cbr(c, c, dilation=dilation, norm=norm)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=dilation, dilation=dilation, bias=norm == "none")
+        self.norm2 = _norm(norm, c)
+        self.gain = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn2(self.conv2(self.conv1(x))) + x)
+        return F.relu(self.gain * self.norm2(self.conv2(self.conv1(x))) + x)
 
 
 class PNet(nn.Module):
@@ -93,23 +108,29 @@ class PNet(nn.Module):
     def __init__(self, in_channels: int = 3, channels: tuple[int, ...] | list[int] = (16, 32, 64, 128),
                  blocks: tuple[int, ...] | list[int] = (1, 1, 1, 2), head_channels: int = 32, upsample: int = 2,
                  bottleneck_dilations: tuple[int, ...] | list[int] = (1, 2, 4), prior_prob: float = 0.003,
-                 mag_init: float = -1.0, log_var_init: float = 0.0):
+                 mag_init: float = -1.0, log_var_init: float = 0.0, norm: str = "batch"):
         super().__init__()
         channels, blocks = list(channels), list(blocks)
         if len(channels) != len(blocks) or len(channels) < 1:
             raise ValueError("channels and blocks must have the same (non-zero) length")
         self.upsample = int(upsample)
         self.stride = 2 ** (len(channels) - 1)
-        self.stem = _cbr(in_channels, channels[0])
+        self.stem = _cbr(in_channels, channels[0], norm=norm)
         last = len(channels) - 1
         self.encoder = nn.ModuleList()
         for i, (c, n) in enumerate(zip(channels, blocks)):
             dil = list(bottleneck_dilations) if i == last and i > 0 else [1]
-            self.encoder.append(nn.Sequential(*[ResBlock(c, dil[j % len(dil)]) for j in range(n)]))
-        self.down = nn.ModuleList([_cbr(channels[i - 1], channels[i], stride=2) for i in range(1, len(channels))])
+            self.encoder.append(nn.Sequential(*[ResBlock(c, dil[j % len(dil)], norm) for j in range(n)]))
+        self.down = nn.ModuleList([_cbr(channels[i - 1], channels[i], stride=2, norm=norm) for i in range(1, len(channels))])
         self.lateral = nn.ModuleList([nn.Conv2d(channels[i], channels[i - 1], 1) for i in range(last, 0, -1)])
-        self.decoder = nn.ModuleList([ResBlock(channels[i - 1]) for i in range(last, 0, -1)])
-        self.head_conv = _cbr(channels[0], head_channels)
+        self.decoder = nn.ModuleList([ResBlock(channels[i - 1], norm=norm) for i in range(last, 0, -1)])
+        self.head_conv = _cbr(channels[0], head_channels, norm=norm)
+        # He initialisation (keeps the activation scale also without normalisation layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         u2 = self.upsample**2
         self.heads = nn.ModuleDict({name: nn.Conv2d(head_channels, k * u2, 1) for name, k in self.HEADS})
         # CenterNet/RetinaNet prior: start every cell at the real positive fraction so the focal loss
