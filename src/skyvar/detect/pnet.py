@@ -170,11 +170,16 @@ def flux_to_magrel(flux_e: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- decoding
 @torch.no_grad()
 def decode(out: dict[str, torch.Tensor], upsample: int = 2, threshold: float = 0.3, nms_kernel: int = 3,
-           min_separation_px: float = 0.25, max_detections: int | None = None, logits: bool = True
-           ) -> list[dict[str, np.ndarray]]:
+           min_separation_px: float = 0.25, max_detections: int | None = None, logits: bool = True,
+           refine_px: float = 0.3) -> list[dict[str, np.ndarray]]:
     """Catalogues from network outputs (fine-grid maps, batch first). Returns per image a dict of numpy
     arrays ``x, y`` (input pixels), ``score``, ``magrel`` (−2.5 log10(flux/1000 e⁻)), ``mag_sigma``
-    (mag) and ``cell_x, cell_y`` (the fine peak cells)."""
+    (mag) and ``cell_x, cell_y`` (the fine peak cells).
+
+    ``refine_px`` > 0: every cell of the 3 x 3 block around a peak was trained to point at its nearest
+    star, so the position is the heat-weighted mean of those cells' predictions that agree with the
+    peak's within ``refine_px`` (neighbours pointing at another star are left out); 0 keeps the peak
+    cell's own prediction (CenterNet)."""
     heat = out["heat"]
     B, _, Hf, Wf = heat.shape
     u = int(upsample)
@@ -190,6 +195,8 @@ def decode(out: dict[str, torch.Tensor], upsample: int = 2, threshold: float = 0
             iy, ix, score = iy[top], ix[top], score[top]
         x = cell_centre(ix, u) + out["offset"][b, 0, iy, ix]
         y = cell_centre(iy, u) + out["offset"][b, 1, iy, ix]
+        if refine_px > 0 and len(ix):
+            x, y = _refine(out["offset"][b], prob[b, 0], ix, iy, x, y, u, refine_px)
         mag = out["mag"][b, 0, iy, ix]
         lv = out["log_var"][b, 0, iy, ix] if "log_var" in out else torch.full_like(mag, float("nan"))
         d = {"x": x, "y": y, "score": score, "magrel": mag, "mag_sigma": torch.exp(0.5 * lv),
@@ -200,6 +207,19 @@ def decode(out: dict[str, torch.Tensor], upsample: int = 2, threshold: float = 0
             d = {k: v[keep_idx] for k, v in d.items()}
         res.append(d)
     return res
+
+
+def _refine(offset, prob, ix, iy, x, y, u, radius):
+    Hf, Wf = prob.shape
+    d = torch.arange(-1, 2, device=prob.device)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    nx = (ix[:, None] + dx.reshape(1, -1)).clamp(0, Wf - 1)
+    ny = (iy[:, None] + dy.reshape(1, -1)).clamp(0, Hf - 1)
+    px = cell_centre(nx, u) + offset[0, ny, nx]
+    py = cell_centre(ny, u) + offset[1, ny, nx]
+    w = prob[ny, nx] * ((px - x[:, None]) ** 2 + (py - y[:, None]) ** 2 <= radius**2)
+    ws = w.sum(1).clamp(min=1e-12)
+    return (w * px).sum(1) / ws, (w * py).sum(1) / ws
 
 
 def merge_duplicates(x: np.ndarray, y: np.ndarray, score: np.ndarray, radius: float) -> np.ndarray:
@@ -279,7 +299,7 @@ class PNetDetector(Detector):
     def __init__(self, checkpoint: str | None = None, device: str = "auto", tile: int = 512, overlap: int = 64,
                  batch_size: int = 4, threshold: float | None = None, min_separation_px: float = 0.25,
                  blend_radius_px: float = 1.5, background_box: int = 64, check_inputs: bool = True,
-                 warn_tolerance: float = 0.15, tta: bool = False, name: str = "pnet"):
+                 warn_tolerance: float = 0.15, tta: bool = False, refine_px: float = 0.3, name: str = "pnet"):
         from skyvar.inference import resolve_device
 
         self.name = name
@@ -304,6 +324,7 @@ class PNetDetector(Detector):
         self.check_inputs = check_inputs
         self.warn_tolerance = float(warn_tolerance)
         self.tta = bool(tta)
+        self.refine_px = float(refine_px)
 
     def __repr__(self) -> str:
         return f"PNetDetector(checkpoint={str(self.checkpoint)!r}, threshold={self.threshold})"
@@ -360,7 +381,8 @@ class PNetDetector(Detector):
                 chunk = group[i0 : i0 + self.batch_size]
                 xb = torch.cat([x[..., t.y0 : t.y1, t.x0 : t.x1] for t in chunk]).to(self.device)
                 out = self.forward(xb)
-                dets = decode(out, self.net.upsample, self.threshold, min_separation_px=self.min_separation_px)
+                dets = decode(out, self.net.upsample, self.threshold, min_separation_px=self.min_separation_px,
+                              refine_px=self.refine_px)
                 for t, d in zip(chunk, dets):
                     d["x"] = d["x"] + t.x0
                     d["y"] = d["y"] + t.y0
