@@ -171,15 +171,16 @@ def flux_to_magrel(flux_e: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def decode(out: dict[str, torch.Tensor], upsample: int = 2, threshold: float = 0.3, nms_kernel: int = 3,
            min_separation_px: float = 0.25, max_detections: int | None = None, logits: bool = True,
-           refine_px: float = 0.3) -> list[dict[str, np.ndarray]]:
+           refine_px: float = 0.3, refine_mag: bool = True) -> list[dict[str, np.ndarray]]:
     """Catalogues from network outputs (fine-grid maps, batch first). Returns per image a dict of numpy
     arrays ``x, y`` (input pixels), ``score``, ``magrel`` (−2.5 log10(flux/1000 e⁻)), ``mag_sigma``
     (mag) and ``cell_x, cell_y`` (the fine peak cells).
 
     ``refine_px`` > 0: every cell of the 3 x 3 block around a peak was trained to point at its nearest
     star, so the position is the heat-weighted mean of those cells' predictions that agree with the
-    peak's within ``refine_px`` (neighbours pointing at another star are left out); 0 keeps the peak
-    cell's own prediction (CenterNet)."""
+    peak's within ``refine_px`` (neighbours pointing at another star are left out), and with
+    ``refine_mag`` the magnitude is the same weighted mean; 0 keeps the peak cell's own prediction
+    (CenterNet)."""
     heat = out["heat"]
     B, _, Hf, Wf = heat.shape
     u = int(upsample)
@@ -195,9 +196,9 @@ def decode(out: dict[str, torch.Tensor], upsample: int = 2, threshold: float = 0
             iy, ix, score = iy[top], ix[top], score[top]
         x = cell_centre(ix, u) + out["offset"][b, 0, iy, ix]
         y = cell_centre(iy, u) + out["offset"][b, 1, iy, ix]
-        if refine_px > 0 and len(ix):
-            x, y = _refine(out["offset"][b], prob[b, 0], ix, iy, x, y, u, refine_px)
         mag = out["mag"][b, 0, iy, ix]
+        if refine_px > 0 and len(ix):
+            x, y, mag = _refine(out["offset"][b], out["mag"][b, 0], prob[b, 0], ix, iy, x, y, u, refine_px, refine_mag)
         lv = out["log_var"][b, 0, iy, ix] if "log_var" in out else torch.full_like(mag, float("nan"))
         d = {"x": x, "y": y, "score": score, "magrel": mag, "mag_sigma": torch.exp(0.5 * lv),
              "cell_x": ix, "cell_y": iy}
@@ -209,7 +210,7 @@ def decode(out: dict[str, torch.Tensor], upsample: int = 2, threshold: float = 0
     return res
 
 
-def _refine(offset, prob, ix, iy, x, y, u, radius):
+def _refine(offset, mag_map, prob, ix, iy, x, y, u, radius, with_mag):
     Hf, Wf = prob.shape
     d = torch.arange(-1, 2, device=prob.device)
     dy, dx = torch.meshgrid(d, d, indexing="ij")
@@ -219,7 +220,8 @@ def _refine(offset, prob, ix, iy, x, y, u, radius):
     py = cell_centre(ny, u) + offset[1, ny, nx]
     w = prob[ny, nx] * ((px - x[:, None]) ** 2 + (py - y[:, None]) ** 2 <= radius**2)
     ws = w.sum(1).clamp(min=1e-12)
-    return (w * px).sum(1) / ws, (w * py).sum(1) / ws
+    mag = (w * mag_map[ny, nx]).sum(1) / ws if with_mag else mag_map[iy, ix]
+    return (w * px).sum(1) / ws, (w * py).sum(1) / ws, mag
 
 
 def merge_duplicates(x: np.ndarray, y: np.ndarray, score: np.ndarray, radius: float) -> np.ndarray:
