@@ -318,6 +318,8 @@ class PNetModule(L.LightningModule):
         self.log_dict({k2: torch.as_tensor(v, dtype=torch.float32) for k2, v in out.items()}, sync_dist=False)
         if stage == "val" and not self.trainer.sanity_checking:
             self.meta["threshold"] = float(counts.thresholds[k])
+            self.meta["threshold_by_radius"] = {f"{r:g}": float(counts.thresholds[int(torch.argmax(f1[:, i]))])
+                                                for i, r in enumerate(counts.radii)}
             # post-hoc calibration of the predicted sigma on validation stamps (applied by PNetDetector)
             r = float(m["pull_robust_std"][k])
             if np.isfinite(r) and r > 0:
