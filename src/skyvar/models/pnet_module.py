@@ -148,7 +148,7 @@ class PNetModule(L.LightningModule):
         reg_radius: int = 1,
         mag_weight_alpha: float = 0.0,
         input_scale_e: float = 10.0,
-        val_thresholds: tuple[float, ...] = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65),
+        val_thresholds: tuple[float, ...] = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85),
         match_radii: tuple[float, ...] = (0.1, 1.0),
         val_border_px: float = 3.0,
         min_separation_px: float = 0.25,
