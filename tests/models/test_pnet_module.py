@@ -99,6 +99,18 @@ def test_ema_update_and_swap():
     assert torch.allclose(mod.net.heads["mag"].bias, w0 + 1.0)
 
 
+def test_frozen_batchnorm_keeps_running_statistics():
+    mod = PNetModule(net=TINY_NET, freeze_bn_epoch=0)
+    mod.train()
+    mod._ema = {"x": torch.zeros(1)}
+    mod.on_train_batch_start(None, 0)
+    bns = [m for m in mod.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns) and mod._ema is None
+    before = [m.running_mean.clone() for m in bns]
+    mod.net(torch.randn(2, 3, 32, 32) * 5 + 3)
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bns))
+
+
 def test_module_losses_decrease_on_a_fixed_batch(tiny_stamp_dir):  # noqa: F811 (pytest fixture)
     from pnet_helpers import tiny_datamodule
 

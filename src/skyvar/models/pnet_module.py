@@ -158,6 +158,7 @@ class PNetModule(L.LightningModule):
         warmup_steps: int = 200,
         schedule_epochs: int | None = None,
         lr_min_ratio: float = 0.02,
+        freeze_bn_epoch: int | None = None,
     ):
         super().__init__()
         # plain containers (not OmegaConf) in the checkpoint, so it loads with torch.load(weights_only=True)
@@ -205,6 +206,22 @@ class PNetModule(L.LightningModule):
         self.meta.update(checkpoint.get("pnet_meta", {}))
         if "pnet_ema" in checkpoint:
             self._ema = {k: v.clone() for k, v in checkpoint["pnet_ema"].items()}
+
+    # ------------------------------------------------------------------ frozen batch norm
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        """From ``freeze_bn_epoch`` on, BatchNorm layers use their running statistics in training too
+        (frozen BN, as in detection fine-tuning): batch statistics shift a stamp's predicted magnitude
+        by the other stamps in its batch (measured ±0.15 mag between batch and running statistics), and
+        only fixed statistics make the weight average and the evaluation network the same function."""
+        e = self.hparams.freeze_bn_epoch
+        if e is None or self.current_epoch < e:
+            return
+        for m in self.net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        if self.current_epoch == e and batch_idx == 0:
+            self._ema = None  # restart the average with the frozen statistics
+            self.meta["bn_frozen_from_epoch"] = int(e)
 
     # ------------------------------------------------------------------ weight averaging
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
