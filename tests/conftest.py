@@ -8,6 +8,8 @@ SHARED = ROOT.parent / "shared"
 os.environ.setdefault("SKYVAR_ROOT", str(ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Child processes (train.py, infer.py, python -m skyvar...) import this checkout's code, installed or not.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def shared_data(*parts) -> Path:

@@ -33,6 +33,7 @@ def _compose(name, overrides):
     + [("infer", g, o) for g in INFER_GROUPS for o in _options(g)],
 )
 def test_every_option_composes(config, group, option, tmp_path):
+    # train.yaml lists `experiment: null`, so `experiment=x` (not `+experiment=x`) selects one
     cfg = _compose(config, [f"{group}={option}", f"paths.output_dir={tmp_path}", "paths.root_dir=."])
     assert cfg is not None
 

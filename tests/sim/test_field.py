@@ -9,7 +9,14 @@ from conftest import run_cli
 
 from skyvar.io.fits import read_frame
 from skyvar.sim.field import FieldSimConfig, FieldSimulation, simulate_field_to_disk
-from skyvar.sim.field_validation import background_var, monte_carlo_snr, snr_aperture, snr_psf
+from skyvar.sim.field_validation import (
+    astrometric_crlb,
+    background_var,
+    monte_carlo_snr,
+    recall_ceiling,
+    snr_aperture,
+    snr_psf,
+)
 from skyvar.sim.psf import PSFConfig, encircled_energy_radius, make_psf
 from skyvar.sim.variability import VariabilityConfig
 
@@ -149,3 +156,14 @@ def test_time_series_and_cli_writes_frames_truth_and_resumes(tmp_path):
 def test_cli_rejects_unknown_key(tmp_path):
     r = run_cli(["-m", "skyvar.sim", "field", f"out_dir={tmp_path}", "sizee=64"])
     assert r.returncode != 0 and "sizee" in r.stderr
+
+
+def test_astrometric_crlb_and_recall_ceiling():
+    cfg = FieldSimConfig()
+    s = astrometric_crlb(np.array([20.0, 22.0, 24.0]), cfg)
+    assert np.all(np.diff(s) > 0) and 0.03 < s[2] < 0.07  # i = 24: ~0.05 px per axis at CSST S/N
+    # background-limited regime: the bound scales like 1/S/N
+    ratio = s[2] / s[1]
+    snr = snr_psf(np.array([22.0, 24.0]), cfg, systematic=False)
+    assert ratio == pytest.approx(snr[0] / snr[1], rel=0.15)
+    assert 0.6 < recall_ceiling(0.1, cfg) < 0.9 and recall_ceiling(1.0, cfg) > 0.999

@@ -47,6 +47,11 @@ class SpectraDataModule(L.LightningDataModule):
                  oversample: bool = True, samples_per_epoch: int | None = None, seed: int = 12345,
                  preprocess_chunk: int = 2000):
         super().__init__()
+        from omegaconf import OmegaConf
+
+        # plain containers, as SpecNetModule stores them (Lightning compares the shared `preprocess` key)
+        sim = OmegaConf.to_container(sim, resolve=True) if OmegaConf.is_config(sim) else sim
+        preprocess = OmegaConf.to_container(preprocess, resolve=True) if OmegaConf.is_config(preprocess) else preprocess
         self.save_hyperparameters()
         from skyvar.sim.spectra import SpectraSimConfig, resolve_paths
         from skyvar.spectra.preprocess import PreprocessConfig

@@ -91,6 +91,7 @@ def finalize_catalog(raw: Table, frame: Frame, detector: str, core_radius: float
     for c in t.colnames:
         if c not in out.colnames:
             out[c] = t[c]
+    out.meta.update(t.meta)  # detector provenance (PSF source, background level ...)
     out["x"].unit = out["y"].unit = "pix"
     out["ra"].unit = out["dec"].unit = "deg"
     out["flux"].unit = out["flux_err"].unit = "electron"

@@ -59,7 +59,9 @@ in chunks so memory stays bounded for millions of light curves.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -82,7 +84,9 @@ FLAG_ZERO_SCATTER = 1 << 21  # all valid magnitudes equal: moments and inv_eta u
 FLAG_ITER_NOT_CONVERGED = 1 << 22  # iter_std hit max_clip_iters before converging
 FLAG_NO_ERRORS = 1 << 23  # mag_err not given: Q, Q1, Q2 are NaN
 
-IQR_TO_SIGMA = 1.3489795003921634  # 2 * Phi^-1(0.75) = scipy.stats.iqr(scale="normal") divisor
+IQR_TO_SIGMA = 1.3489795003921634
+# CPU tensors take numpy's faster sorts and isfinite; False forces the pure-torch (GPU) code paths.
+_NUMPY_ON_CPU = True  # 2 * Phi^-1(0.75) = scipy.stats.iqr(scale="normal") divisor
 
 
 def decode_flag(flag: int) -> list[str]:
@@ -104,7 +108,8 @@ def variability_indices(
     which: Iterable[str] | None = None,
     clip_sigma: float = 2.0,
     max_clip_iters: int = 100,
-    chunk_elements: int = 1 << 19,
+    chunk_elements: int = 1 << 18,
+    num_threads: int | None = 1,
 ) -> dict:
     """All variability indices of one light curve (1-D) or a padded batch (2-D, rows = curves).
 
@@ -121,6 +126,10 @@ def variability_indices(
         Clipping half-width in std (paper: 2) and the iteration cap for ``iter_std``.
     chunk_elements : int
         Rows are processed in chunks of about this many elements to bound memory.
+    num_threads : int or None
+        torch intra-op threads for CPU work during the call (restored afterwards). Default 1: the
+        ops here are too small to gain from threads and lose up to 8x on a busy machine; parallelise
+        over partitions instead (Dask). None leaves torch's setting alone.
 
     Returns
     -------
@@ -162,12 +171,20 @@ def variability_indices(
     n_rows, L = m.shape
     step = max(1, int(chunk_elements) // max(L, 1))
     parts: list[dict[str, torch.Tensor]] = []
-    for a in range(0, max(n_rows, 1), step):
-        b = min(n_rows, a + step)
-        parts.append(_indices_chunk(m[a:b], None if e is None else e[a:b], valid[a:b], names,
-                                    float(clip_sigma), int(max_clip_iters)))
-        if n_rows == 0:
-            break
+    prev_threads = torch.get_num_threads()
+    set_threads = m.device.type == "cpu" and num_threads is not None and num_threads != prev_threads
+    if set_threads:
+        torch.set_num_threads(int(num_threads))
+    try:
+        for a in range(0, max(n_rows, 1), step):
+            b = min(n_rows, a + step)
+            parts.append(_indices_chunk(m[a:b], None if e is None else e[a:b], valid[a:b], names,
+                                        float(clip_sigma), int(max_clip_iters)))
+            if n_rows == 0:
+                break
+    finally:
+        if set_threads:
+            torch.set_num_threads(prev_threads)
     out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     if squeeze:
         out = {k: v[0] for k, v in out.items()}
@@ -184,7 +201,11 @@ def _as_tensor(x, like: torch.Tensor | None = None) -> torch.Tensor:
         a = np.asarray(x)
         if a.dtype == object:
             raise TypeError("variability_indices needs numeric arrays, got dtype=object")
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        a = np.ascontiguousarray(a)
+        with warnings.catch_warnings():
+            # Read-only inputs (pandas copy-on-write arrays) are fine: nothing here writes into them.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.from_numpy(a)
     if like is not None and t.device != like.device:
         t = t.to(like.device)
     return t
@@ -192,19 +213,19 @@ def _as_tensor(x, like: torch.Tensor | None = None) -> torch.Tensor:
 
 def _argsort_rows(x: torch.Tensor) -> torch.Tensor:
     """Row-wise argsort; numpy's SIMD sort on CPU (about twice torch's speed), torch's elsewhere."""
-    if x.device.type == "cpu":
+    if _NUMPY_ON_CPU and x.device.type == "cpu":
         return torch.from_numpy(np.argsort(x.numpy(), axis=1))
     return torch.argsort(x, dim=1)
 
 
 def _sort_rows(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu":
+    if _NUMPY_ON_CPU and x.device.type == "cpu":
         return torch.from_numpy(np.sort(x.numpy(), axis=1))
     return torch.sort(x, dim=1).values
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu":  # numpy's isfinite is ~5x torch's on CPU
+    if _NUMPY_ON_CPU and x.device.type == "cpu":  # numpy's isfinite is ~5x torch's on CPU
         return torch.from_numpy(np.isfinite(x.numpy()))
     return torch.isfinite(x)
 
@@ -346,7 +367,7 @@ def _successive_sq_diff(y: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
 
 
 def _argsort_stable_bool(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu":
+    if _NUMPY_ON_CPU and x.device.type == "cpu":
         return torch.from_numpy(np.argsort(x.numpy(), axis=1, kind="stable"))
     return torch.sort(x.to(torch.uint8), dim=1, stable=True).indices
 
@@ -409,3 +430,60 @@ def _iter_clipped_std(s, n, median, k: float, max_iters: int):
             rows, s, p1, p2 = rows[keep], s[keep], p1[keep], p2[keep]
             lo, hi = lo[keep], hi[keep]
     return std_final, std3, not_conv
+
+
+# ------------------------------------------------------------------------------- pipeline stage
+class IndicesStage:
+    """Light-curve pipeline stage ``indices``: every variability index per light curve.
+
+    Columns: the names in :data:`INDEX_NAMES` plus ``mean_mag``, ``median_mag``, ``n_used`` (points
+    entering the indices) and ``indices_flag`` (see :func:`decode_flag`). Light curves whose points
+    all lack a usable error (no ``mag_err`` in the input, say) get the error-free indices computed
+    without errors instead of NaN everywhere. ``finalize`` draws the distributions per band.
+    """
+
+    name = "indices"
+
+    def __init__(self, which: list[str] | None = None, clip_sigma: float = 2.0, max_clip_iters: int = 100,
+                 device: str = "cpu", plots: bool = True):
+        self.which = list(which) if which is not None else list(INDEX_NAMES)
+        self.clip_sigma = float(clip_sigma)
+        self.max_clip_iters = int(max_clip_iters)
+        self.device = device
+        self.plots = plots
+
+    def _compute(self, mag, err, mask):
+        kw = dict(which=self.which, clip_sigma=self.clip_sigma, max_clip_iters=self.max_clip_iters)
+        dev = self.device
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        if dev != "cpu":
+            t = lambda a: None if a is None else torch.as_tensor(a, device=dev)  # noqa: E731
+            res = variability_indices(t(mag), t(err), t(mask), **kw)
+            return {k: v.cpu().numpy() for k, v in res.items()}
+        return variability_indices(mag, err, mask, **kw)
+
+    def __call__(self, batch, out_dir):
+        import pandas as pd
+
+        mag, err, mask = batch.mag, batch.mag_err, batch.mask
+        res = self._compute(mag, err, mask)
+        usable_err = mask & np.isfinite(err) & (np.nan_to_num(err, nan=0.0) > 0)
+        no_err = mask.any(1) & ~usable_err.any(1)
+        if no_err.any():
+            sub = self._compute(mag[no_err], None, mask[no_err])
+            for k in res:
+                res[k] = res[k].copy()
+                res[k][no_err] = sub[k]
+        out = {k: res[k] for k in self.which}
+        out.update(mean_mag=res["mean"], median_mag=res["median"], n_used=res["n_points"],
+                   indices_flag=res["flag"])
+        return pd.DataFrame(out)
+
+    def finalize(self, features, out_dir):
+        if self.plots and len(features):
+            from skyvar.lightcurves.plots import plot_index_distributions
+
+            plot_index_distributions(features, Path(out_dir) / "plots" / self.name,
+                                     [k for k in PAPER_PARAMETERS + ("robust_std", "inv_eta") if k in features])
+        return features

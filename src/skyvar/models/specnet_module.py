@@ -23,6 +23,11 @@ class SpecNetModule(L.LightningModule):
     def __init__(self, net: dict | None = None, lr: float = 1e-4, weight_decay: float = 0.0,
                  early_stopping_patience: int = 5, preprocess: dict | None = None):
         super().__init__()
+        from omegaconf import OmegaConf
+
+        # plain containers in the checkpoint, whatever Hydra passed (save_hyperparameters reads the locals)
+        net = OmegaConf.to_container(net, resolve=True) if OmegaConf.is_config(net) else net
+        preprocess = OmegaConf.to_container(preprocess, resolve=True) if OmegaConf.is_config(preprocess) else preprocess
         self.save_hyperparameters()
         self.net = SpecNet(**dict(net or {}))
         self.register_buffer("temperature", torch.tensor(1.0))
@@ -100,7 +105,7 @@ class SpecNetModule(L.LightningModule):
 def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, max_iter: int = 200) -> float:
     """Temperature T > 0 minimising the NLL of ``softmax(logits / T)`` on held-out data (Guo et al. 2017)."""
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    y = torch.as_tensor(np.array(labels), dtype=torch.long)
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -111,7 +116,7 @@ def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torc
         return loss
 
     opt.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def load_specnet(path, map_location: str = "cpu") -> SpecNetModule:

@@ -33,9 +33,10 @@ Same config and seed give the same data.
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,7 @@ class SpectraSimConfig:
     drv_max: float = 150.0  # km/s, maximum |v1 - v2|
     ebv_max: float = 0.3
     fluxcal_sigma: float = 0.05  # rms of the smooth multiplicative calibration error
+    sky_floor: float = 0.02  # variance floor (sky + read noise) as a fraction of the median g-band flux
     sky_residual: float = 2.0  # residual amplitude at sky lines in units of the pixel sigma
     cosmic_rate: float = 0.5  # mean cosmic-ray hits per spectrum (unmasked)
     bad_chunk_prob: float = 0.05  # probability of a masked chunk (ANDMASK set, ivar 0)
@@ -141,12 +143,22 @@ def noise_gain_curve(reference_dir: str | Path | None, wave: np.ndarray) -> np.n
             c = np.interp(wave, s.wavelength[good], g[good] / np.median(g[gband]), left=np.nan, right=np.nan)
             curves.append(c)
     if curves:
-        G = np.nanmedian(np.array(curves), axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # grid ends no file covers
+            G = np.nanmedian(np.array(curves), axis=0)
         G = np.where(np.isfinite(G), G, np.nanmin(G))
     else:
         log.warning("no LAMOST reference files: using a smooth fallback noise curve")
         G = np.clip((wave - 3600.0) / 1500.0, 0.05, 2.5)
     return np.clip(G, 0.02, None)
+
+
+@functools.lru_cache(maxsize=2)
+def _library(redrock_dir: str, bosz_dir: str | None, resolution: float):
+    """The template library on the simulator's fine grid (cached: building it costs seconds)."""
+    from skyvar.spectra.templates import build_stellar_library
+
+    return build_stellar_library(redrock_dir, bosz_dir, loglam=fine_loglam(), resolution=resolution)
 
 
 def _shift_rows(spec: np.ndarray, shift_pix: np.ndarray) -> np.ndarray:
@@ -173,15 +185,12 @@ def _vband_weight(wave: np.ndarray) -> np.ndarray:
 
 class SpectraSimulator:
     def __init__(self, cfg: SpectraSimConfig):
-        from skyvar.spectra.templates import build_stellar_library
-
         self.cfg = cfg
         self.loglam = fine_loglam()
         self.fine_wave = 10**self.loglam
         self.wave = lamost_wavelength()
         t0 = time.perf_counter()
-        self.lib = build_stellar_library(cfg.redrock_dir, cfg.bosz_dir, loglam=self.loglam,
-                                         resolution=cfg.resolution)
+        self.lib = _library(cfg.redrock_dir, cfg.bosz_dir, cfg.resolution)
         log.info("template library: %d spectra (%.1f s)", len(self.lib), time.perf_counter() - t0)
         self.gain = noise_gain_curve(cfg.noise_reference_dir, self.wave).astype(np.float32)
         # Sky-line pixels: where G dips well below its running median (sky variance).
@@ -261,12 +270,23 @@ class SpectraSimulator:
         legendre = np.polynomial.legendre.legvander(x, 3)[:, 1:]  # (npix, 3), mean-free shapes
         flux *= 1 + (rng.normal(0, cfg.fluxcal_sigma, (n, 3)) @ legendre.T)
         flux *= (10 ** rng.uniform(2.5, 3.5, n) / np.median(flux, axis=1))[:, None]
-        flux = np.clip(flux, 1e-6, None)
-        # Noise: var = f / (K G); K such that the median S/N over 4000–5300 Å equals snr_g.
+        # Noise: var = (f + b) / (K G); K such that the median S/N over 4000–5300 Å equals snr_g;
+        # b = sky_floor * median g-band flux (sky + read noise). With sky_floor = 0 (the released
+        # model's data) PCA templates that dip below 0 in the far blue of cool stars are clipped to
+        # 1e-6 and get unphysically tiny variances there.
         gband = (self.wave > 4000) & (self.wave < 5300)
-        h = np.sqrt(flux[:, gband] * self.gain[gband])
+        if cfg.sky_floor > 0:
+            flux = np.clip(flux, 0.0, None)
+            b = cfg.sky_floor * np.median(flux[:, gband], axis=1)[:, None]
+        else:
+            flux = np.clip(flux, 1e-6, None)
+            b = np.zeros((n, 1))
+        if cfg.sky_floor > 0:
+            h = flux[:, gband] * np.sqrt(self.gain[gband] / (flux[:, gband] + b))
+        else:  # the released data set's exact arithmetic
+            h = np.sqrt(flux[:, gband] * self.gain[gband])
         K = (p["snr_g"] / np.median(h, axis=1)) ** 2
-        var = flux / (K[:, None] * self.gain[None, :])
+        var = (flux + b) / (K[:, None] * self.gain[None, :])
         sigma = np.sqrt(var)
         noisy = flux + sigma * rng.standard_normal(flux.shape)
         noisy[:, self.sky_pix] += cfg.sky_residual * sigma[:, self.sky_pix] * rng.standard_normal(

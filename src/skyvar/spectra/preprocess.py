@@ -179,8 +179,11 @@ class Preprocessor:
     def __init__(self, cfg: PreprocessConfig | dict | None = None, device: str = "cpu"):
         if cfg is None:
             cfg = PreprocessConfig()
-        elif isinstance(cfg, dict):
-            cfg = PreprocessConfig(**cfg)
+        elif not isinstance(cfg, PreprocessConfig):  # dict, OmegaConf DictConfig (checkpoint hparams)
+            from omegaconf import OmegaConf
+
+            cfg = PreprocessConfig(**(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg)
+                                      else dict(cfg)))
         self.cfg = cfg
         self.wavelength = common_grid(cfg)
         self.region_bad = region_mask(self.wavelength, cfg)
@@ -222,19 +225,33 @@ class Preprocessor:
         iv = np.zeros((n, self.npix))
         m = np.ones((n, self.npix), dtype=bool)
         covered = np.zeros(n)
-        for k, s in enumerate(spectra):  # per-file grids differ; the expensive part below is batched
-            wave = np.asarray(s.wavelength, dtype=float)
-            if not s.vacuum and self.cfg.to_vacuum:
-                wave = air_to_vacuum(wave)
-            bad = np.asarray(s.mask, dtype=bool) | ~np.isfinite(s.flux) | ~(np.asarray(s.ivar) > 0)
-            if self.cfg.use_ormask and "ormask" in s.meta:
-                bad |= np.asarray(s.meta["ormask"]) != 0
-            flux = np.where(np.isfinite(s.flux), s.flux, 0.0)
-            ivar = np.where(bad, 0.0, s.ivar)
-            f[k], iv[k], m[k] = resample(self.wavelength, wave, flux, ivar, bad)
-            inside = (self.wavelength >= wave[0]) & (self.wavelength <= wave[-1])
-            covered[k] = inside.mean()
+        # Spectra on the same native grid (most LAMOST files of a data release) are resampled together.
+        groups: dict[tuple, list[int]] = {}
+        for k, s in enumerate(spectra):
+            w = s.wavelength
+            groups.setdefault((len(w), float(w[0]), float(w[-1]), bool(s.vacuum)), []).append(k)
+        for (_, _, _, vac), members in groups.items():
+            wave = np.asarray(spectra[members[0]].wavelength, dtype=float)
+            same = [k for k in members if np.array_equal(spectra[k].wavelength, wave)]
+            for k in members:  # equal ends but different interior: its own group of one
+                if k not in same:
+                    self._resample_group([k], spectra, np.asarray(spectra[k].wavelength, float), vac, f, iv, m, covered)
+            self._resample_group(same, spectra, wave, vac, f, iv, m, covered)
         return self._finish(f, iv, m, covered=covered, names=names)
+
+    def _resample_group(self, idx, spectra, wave, vacuum, f, iv, m, covered):
+        if not vacuum and self.cfg.to_vacuum:
+            wave = air_to_vacuum(wave)
+        flux = np.stack([spectra[k].flux for k in idx]).astype(float)
+        ivar = np.stack([spectra[k].ivar for k in idx]).astype(float)
+        bad = np.stack([spectra[k].mask for k in idx]).astype(bool) | ~np.isfinite(flux) | ~(ivar > 0)
+        if self.cfg.use_ormask:
+            orm = np.stack([np.asarray(spectra[k].meta.get("ormask", np.zeros(len(wave)))) for k in idx])
+            bad |= orm != 0
+        flux = np.where(np.isfinite(flux), flux, 0.0)
+        ivar = np.where(bad, 0.0, ivar)
+        f[idx], iv[idx], m[idx] = resample(self.wavelength, wave, flux, ivar, bad)
+        covered[idx] = ((self.wavelength >= wave[0]) & (self.wavelength <= wave[-1])).mean()
 
     # ------------------------------------------------------------------ shared tail
     def _finish(self, f, iv, m, covered, names=None) -> PreprocessedBatch:

@@ -11,8 +11,9 @@ Stellar parameters:
 - BOSZ files carry Teff, log g, [M/H] in their headers.
 - Redrock archetypes carry none. Their Teff is estimated from the spectrophotometric colour
   ``F(4400–4600 Å) / F(6900–7100 Å)`` (f_λ): the colour is converted to a black-body colour temperature
-  and scaled by the mean Teff/T_colour of the BOSZ models (known Teff 5000–6750 K). This is an
-  approximation (a few hundred K, worse for M dwarfs whose TiO bands distort the colour); log g and
+  T_col and mapped to Teff with a power law fitted on the BOSZ models (known Teff 5000–6750 K). This is
+  an approximation (~100 K inside the BOSZ range, a few hundred K outside it, worse for M dwarfs whose
+  TiO bands distort the colour); log g and
   [M/H] of redrock archetypes are unknown (NaN), so a log g cut cannot be applied to them.
 
 Main-sequence relations (mass, Teff, absolute V magnitude) follow the mean dwarf sequence of Pecaut &
@@ -85,6 +86,8 @@ def planck_lambda(wave_A, teff) -> np.ndarray:
 
 
 COLOUR_BANDS = ((4400.0, 4600.0), (6900.0, 7100.0))
+# (B, log10 A) of Teff = A * T_colour**B fitted on the 7 shared BOSZ models (used when none are given).
+BOSZ_TCOL_FIT = (0.716, 1.040)
 
 
 def colour_ratio(wave, flux) -> np.ndarray:
@@ -244,7 +247,7 @@ def build_stellar_library(redrock_dir: str | os.PathLike | None, bosz_dir: str |
             logg.append(np.full(good.sum(), np.nan))
             mh.append(np.full(good.sum(), np.nan))
             source.append(np.full(good.sum(), f"redrock-{st}"))
-    bosz_teff_ratio = []
+    bosz_teff, bosz_tcol = [], []
     if bosz_dir is not None:
         for m in load_bosz_dir(bosz_dir):
             f = resample_linear(loglam, np.log10(m.wavelength), m.flux)
@@ -255,12 +258,17 @@ def build_stellar_library(redrock_dir: str | os.PathLike | None, bosz_dir: str |
             logg.append(np.array([m.logg]))
             mh.append(np.array([m.mh]))
             source.append(np.array(["bosz"]))
-            bosz_teff_ratio.append(m.teff / float(colour_temperature(colour_ratio(wave, f))))
+            bosz_teff.append(m.teff)
+            bosz_tcol.append(float(colour_temperature(colour_ratio(wave, f))))
     if not blocks:
         raise ValueError("no template source given")
-    # Calibrate redrock colour temperatures to Teff with the BOSZ models (known Teff); without them keep
-    # the factor measured on the shared BOSZ set (0.93, see module docstring).
-    factor = float(np.mean(bosz_teff_ratio)) if bosz_teff_ratio else 0.93
+    # Calibrate redrock colour temperatures to Teff with the BOSZ models (known Teff): a power law
+    # Teff = A * T_col**B fitted in log-log (the ratio is not constant: 0.98 at 5000 K, 0.87 at 6750 K).
+    # Without BOSZ, the fit to the shared BOSZ set is used.
+    if len(bosz_teff) >= 3 and np.ptp(bosz_teff) > 0:
+        B, logA = np.polyfit(np.log10(bosz_tcol), np.log10(bosz_teff), 1)
+    else:
+        B, logA = BOSZ_TCOL_FIT
     ntot_basis = sum(b.shape[0] for b, _ in blocks)
     nrows = sum(c.shape[0] for _, c in blocks)
     basis = np.zeros((ntot_basis, len(loglam)), dtype=np.float32)
@@ -274,7 +282,7 @@ def build_stellar_library(redrock_dir: str | os.PathLike | None, bosz_dir: str |
     src = np.concatenate(source)
     teff_all = np.concatenate(teff)
     is_rr = np.char.startswith(src.astype(str), "redrock")
-    teff_all[is_rr] *= factor
+    teff_all[is_rr] = 10 ** (logA + B * np.log10(teff_all[is_rr]))
     return TemplateLibrary(loglam=np.asarray(loglam), basis=basis, coeff=coeff, teff=teff_all,
                            logg=np.concatenate(logg), mh=np.concatenate(mh), source=src, resolution=resolution)
 

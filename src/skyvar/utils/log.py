@@ -11,7 +11,8 @@ def get_logger(name: str = "skyvar") -> logging.Logger:
     global _CONFIGURED
     if not _CONFIGURED:
         root = logging.getLogger("skyvar")
-        if not root.handlers:
+        # Under Hydra (or any app that configured logging) the root handlers already print our records.
+        if not root.handlers and not logging.getLogger().handlers:
             try:
                 from rich.logging import RichHandler
 
@@ -23,6 +24,6 @@ def get_logger(name: str = "skyvar") -> logging.Logger:
             handler.setFormatter(logging.Formatter(fmt))
             root.addHandler(handler)
             root.setLevel(logging.INFO)
-            root.propagate = True
+            root.propagate = False
         _CONFIGURED = True
     return logging.getLogger(name if name.startswith("skyvar") else f"skyvar.{name}")

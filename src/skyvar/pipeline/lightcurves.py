@@ -1,0 +1,360 @@
+"""The light-curve feature pipeline: a store in, one feature row per (source, band) out.
+
+``python infer.py pipeline=lightcurves input=<store dir | table.parquet | table.csv | dir of tables>
+out_dir=D`` writes ``D/lightcurve_features.parquet`` (one row per source and band), per-stage plots
+under ``D/plots/<stage>/``, ``D/summary.json`` and ``D/failures.json``.
+
+Stages (the extension interface)
+--------------------------------
+The pipeline config holds a list ``stages:`` of objects built by ``_target_``. A stage is any object
+with
+
+* ``name: str`` — column owner and plot folder name;
+* ``__call__(batch: LightCurveBatch, out_dir: pathlib.Path) -> pandas.DataFrame`` — one row per
+  batch row, in the batch's order, holding only the columns the stage adds (the index is ignored).
+  ``batch.mask`` already excludes padding and points whose store ``flag`` hits ``mask_flags``;
+  rows are sorted by time. A stage may write plots under ``out_dir / "plots" / name``;
+* optionally ``finalize(features: pandas.DataFrame, out_dir: pathlib.Path) -> pandas.DataFrame`` —
+  called once, in stage order, after every partition is done, with the whole feature table (all
+  stages' columns); it returns the table with its columns added or updated. Population-level steps
+  (the magnitude-dependent excess selection, a probability model applied to indices) live here.
+
+Stages are called on batches of at most ``batch_curves`` light curves of similar length (sorted by
+length to keep padding small). Stage outputs are concatenated column-wise after the pipeline's own
+columns ``source_id, band, n_obs, n_good, time_min, time_max``; a column name used twice is an error.
+A stage that raises on a partition makes that partition fail (reported in ``failures.json``, the rest
+go on). The stage's simple attributes (numbers, strings, lists) and class name enter the resume hash,
+so changing a stage's parameters recomputes; a ``version`` attribute can force it.
+
+Partitions, resume, scale
+-------------------------
+The store is read one partition at a time (a partition holds complete light curves, see
+:mod:`skyvar.lightcurves.store`); each partition's features go to ``D/partitions/<key>.parquet``
+atomically, stamped with a content hash of the partition's files and the pipeline/stage config, and a
+rerun skips partitions whose stamp matches. :func:`partition_features` is a plain function of a long
+DataFrame, so the same work maps over ``dask.dataframe`` partitions (:func:`dask_features`, or
+``dask.enabled=true`` here: one task per store partition on a ``distributed`` cluster, local by
+default) when a survey outgrows one machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from skyvar.lightcurves.batch import LightCurveBatch
+from skyvar.lightcurves.store import FLAG_DUPLICATE_TIME, open_store
+from skyvar.utils.atomic import atomic_path, write_json_atomic
+from skyvar.utils.config import stable_hash
+from skyvar.utils.log import get_logger
+
+log = get_logger(__name__)
+
+BASE_COLUMNS = ("source_id", "band", "n_obs", "n_good", "time_min", "time_max")
+# Catalogue flags that make a point unusable by default: saturated, edge, fit failed, bad pixels,
+# non-positive flux (skyvar.detect.base), and repeated times (store cleaning). Blends are kept.
+DEFAULT_MASK_FLAGS = 1 | 4 | 8 | 16 | 32 | FLAG_DUPLICATE_TIME
+_HASH_KEY = b"skyvar_features_hash"
+
+
+def stage_signature(stage: Any) -> dict:
+    """What identifies a stage's configuration for resuming: class and simple public attributes."""
+    simple = (int, float, str, bool, type(None))
+
+    def ok(v):
+        if isinstance(v, simple):
+            return True
+        if isinstance(v, (list, tuple)):
+            return all(ok(x) for x in v)
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and ok(x) for k, x in v.items())
+        return False
+
+    attrs = {k: v for k, v in sorted(vars(stage).items()) if not k.startswith("_") and ok(v)} \
+        if hasattr(stage, "__dict__") else {}
+    return {"class": f"{type(stage).__module__}.{type(stage).__qualname__}", "name": getattr(stage, "name", "?"),
+            "version": getattr(stage, "version", None), "attrs": attrs}
+
+
+def _batches_by_length(df: pd.DataFrame, batch_curves: int) -> tuple[np.ndarray, int]:
+    """Row -> batch number, grouping light curves of similar length (df sorted by source, band, time)."""
+    keys = df[["source_id", "band"]]
+    code = (keys.ne(keys.shift()).any(axis=1).cumsum().to_numpy() - 1) if len(df) else np.zeros(0, int)
+    n_curves = int(code[-1]) + 1 if len(code) else 0
+    sizes = np.bincount(code, minlength=n_curves)
+    rank = np.empty(n_curves, dtype=np.int64)
+    rank[np.argsort(sizes, kind="stable")] = np.arange(n_curves)
+    per_curve = rank // max(1, int(batch_curves))
+    return per_curve[code], int(per_curve.max()) + 1 if n_curves else 0
+
+
+def partition_features(df: pd.DataFrame, stages: list, out_dir: str | Path, mask_flags: int = DEFAULT_MASK_FLAGS,
+                       batch_curves: int = 50_000) -> pd.DataFrame:
+    """Features of every light curve in a long table (complete curves; any order), one row per (source, band).
+
+    A pure function of its inputs (plus the stages' plot side effects): this is what a Dask task runs.
+    """
+    out_dir = Path(out_dir)
+    cols = ["source_id", "band", "time", "mag", "mag_err", "flag"]
+    if not len(df):
+        return pd.DataFrame(columns=list(BASE_COLUMNS))
+    # Plain numpy columns: Dask hands over Arrow-backed dtypes whose boolean results cannot cumsum.
+    df = pd.DataFrame({c: df[c].to_numpy() for c in cols if c in df.columns})
+    if "flag" not in df.columns:
+        df = df.assign(flag=np.int32(0))
+    if "band" not in df.columns:
+        df = df.assign(band="")
+    df = df.sort_values(["source_id", "band", "time"], kind="mergesort").reset_index(drop=True)
+    row_batch, n_batches = _batches_by_length(df, batch_curves)
+    pieces = []
+    for b in range(n_batches):
+        sub = df[row_batch == b]
+        batch = LightCurveBatch.from_long(sub)
+        n_obs = batch.mask.sum(1)
+        batch.mask &= (batch.flag & int(mask_flags)) == 0
+        any_good = batch.mask.any(1)
+        t_good = np.where(batch.mask, batch.time, np.nan)
+        t_good[~any_good] = 0.0  # keeps nanmin quiet; set back to NaN below
+        base = pd.DataFrame({
+            "source_id": batch.source_id, "band": batch.band, "n_obs": n_obs, "n_good": batch.mask.sum(1),
+            "time_min": np.where(any_good, np.nanmin(t_good, axis=1), np.nan),
+            "time_max": np.where(any_good, np.nanmax(t_good, axis=1), np.nan),
+        })
+        parts = [base]
+        for st in stages:
+            res = st(batch, out_dir)
+            if not isinstance(res, pd.DataFrame) or len(res) != len(batch):
+                raise ValueError(f"stage {getattr(st, 'name', st)!r} returned "
+                                 f"{type(res).__name__} of length {len(res) if hasattr(res, '__len__') else '?'}; "
+                                 f"expected a DataFrame with {len(batch)} rows")
+            parts.append(res.reset_index(drop=True))
+        merged = pd.concat(parts, axis=1)
+        dup = merged.columns[merged.columns.duplicated()].tolist()
+        if dup:
+            raise ValueError(f"stages produced the same column(s) twice: {dup}")
+        pieces.append(merged)
+    out = pd.concat(pieces, ignore_index=True)
+    return out.sort_values(["source_id", "band"], kind="mergesort").reset_index(drop=True)
+
+
+def _write_features(df: pd.DataFrame, path: Path, stamp: str | None = None) -> None:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if stamp is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _HASH_KEY: stamp.encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _stamp_of(path: Path) -> str | None:
+    try:
+        md = pq.read_schema(path).metadata or {}
+    except Exception:
+        return None
+    v = md.get(_HASH_KEY)
+    return v.decode() if v else None
+
+
+def dask_features(ddf, stages: list, out_dir: str | Path, mask_flags: int = DEFAULT_MASK_FLAGS,
+                  batch_curves: int = 50_000):
+    """Map :func:`partition_features` over a ``dask.dataframe`` whose partitions hold complete light
+    curves (e.g. :func:`store_to_dask`, or any frame after ``ddf.shuffle("source_id")``). Lazy."""
+    probe = ddf._meta if hasattr(ddf, "_meta") else ddf.head(0)
+    meta = partition_features(_probe_frame(probe), stages, Path(out_dir) / ".meta", mask_flags, batch_curves).iloc[:0]
+    return ddf.map_partitions(partition_features, stages, str(out_dir), mask_flags, batch_curves, meta=meta)
+
+
+def _probe_frame(meta: pd.DataFrame) -> pd.DataFrame:
+    """A two-point light curve with the store's dtypes, to learn the stages' output columns."""
+    sid = "x" if not pd.api.types.is_integer_dtype(meta.get("source_id", pd.Series(dtype=int))) else 0
+    return pd.DataFrame({"source_id": [sid, sid], "band": ["", ""], "time": [0.0, 1.0], "mag": [15.0, 15.1],
+                         "mag_err": [0.01, 0.01], "flag": np.zeros(2, np.int32)})
+
+
+def store_to_dask(path: str | Path, **open_kwargs):
+    """A ``dask.dataframe`` with one partition per store partition (complete light curves each)."""
+    import dask.dataframe as dd
+
+    handle = open_store(path, **open_kwargs)
+    parts = handle.partitions
+    if not parts:
+        raise ValueError(f"{path}: empty light-curve store")
+    return dd.from_map(_load_partition, parts, meta=parts[0].load().iloc[:0], enforce_metadata=False)
+
+
+def _load_partition(p) -> pd.DataFrame:
+    return p.load()
+
+
+@dataclasses.dataclass
+class DaskConfig:
+    enabled: bool = False
+    address: str | None = None  # scheduler address; None starts a LocalCluster
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    processes: bool = True  # LocalCluster workers as processes (False: threads in this process)
+
+
+class LightCurvePipeline:
+    def __init__(self, input: str, out_dir: str, stages: list | None = None, mask_flags: int = DEFAULT_MASK_FLAGS,
+                 batch_curves: int = 50_000, resume: bool = True, n_partitions: int | None = None,
+                 rows_per_partition: int = 2_000_000, band_default: str = "", dask: dict | None = None,
+                 progress: bool = True, truth: str | None = None, **_ignored):
+        if input is None:
+            raise ValueError("pipeline=lightcurves needs input=<store dir | parquet/csv file | dir of tables>")
+        self.input = input
+        self.out_dir = Path(out_dir)
+        self.stages = list(stages or [])
+        names = [getattr(s, "name", None) for s in self.stages]
+        if any(n is None for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"every stage needs a distinct `name`; got {names}")
+        self.mask_flags = int(mask_flags)
+        self.batch_curves = int(batch_curves)
+        self.resume = resume
+        self.open_kwargs = dict(n_partitions=n_partitions, rows_per_partition=rows_per_partition,
+                                band_default=band_default)
+        self.dask = DaskConfig(**(dask or {}))
+        self.progress = progress
+        self.config_hash = stable_hash({"stages": [stage_signature(s) for s in self.stages],
+                                        "mask_flags": self.mask_flags})
+
+    # ------------------------------------------------------------------------------------------
+    def _partition_stamp(self, p) -> str:
+        return stable_hash({"data": p.fingerprint, "config": self.config_hash})
+
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        handle = open_store(self.input, **self.open_kwargs)
+        part_dir = self.out_dir / "partitions"
+        failures = list(handle.failures)
+        todo, done = [], []
+        for p in handle.partitions:
+            path = part_dir / f"{p.key}.parquet"
+            if self.resume and path.exists() and _stamp_of(path) == self._partition_stamp(p):
+                done.append(path)
+            else:
+                todo.append(p)
+        if done:
+            log.info("resume: %d of %d partitions already done", len(done), len(handle.partitions))
+        if self.dask.enabled and todo:
+            new_paths, fails = self._run_dask(todo, part_dir)
+        else:
+            new_paths, fails = self._run_local(todo, part_dir)
+        failures += fails
+        paths = sorted(done + new_paths)
+        frames = [pq.read_table(f).to_pandas() for f in paths]
+        features = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(BASE_COLUMNS))
+        features = features.sort_values(["source_id", "band"], kind="mergesort").reset_index(drop=True)
+        # Stale partition files from an earlier, different store are not part of this result.
+        keep = {f.name for f in paths}
+        for f in part_dir.glob("*.parquet") if part_dir.exists() else []:
+            if f.name not in keep:
+                f.unlink()
+        for st in self.stages:
+            fin = getattr(st, "finalize", None)
+            if fin is not None:
+                try:
+                    features = fin(features, self.out_dir)
+                except Exception as e:
+                    log.error("stage %s finalize failed: %s", st.name, e)
+                    failures.append({"stage": f"{st.name}.finalize", "error": f"{type(e).__name__}: {e}",
+                                     "traceback": traceback.format_exc(limit=5)})
+        _write_features(features, self.out_dir / "lightcurve_features.parquet")
+        write_json_atomic(self.out_dir / "failures.json", failures)
+        summary = {
+            "input": str(self.input), "store_kind": handle.kind, "n_partitions": len(handle.partitions),
+            "n_partitions_computed": len(new_paths), "n_partitions_resumed": len(done),
+            "n_failed": len(failures), "n_lightcurves": len(features),
+            "n_sources": int(features["source_id"].nunique()) if len(features) else 0,
+            "stages": [s.name for s in self.stages], "features": str(self.out_dir / "lightcurve_features.parquet"),
+            "cleaning": {k: v for k, v in handle.report.as_dict().items() if k not in ("messages", "source")},
+            "wall_s": round(time.perf_counter() - t0, 2), "dask": dataclasses.asdict(self.dask),
+        }
+        write_json_atomic(self.out_dir / "summary.json", summary)
+        if failures:
+            log.warning("%d failures; see %s", len(failures), self.out_dir / "failures.json")
+        log.info("%d light curves of %d sources -> %s (%.1f s)", summary["n_lightcurves"], summary["n_sources"],
+                 summary["features"], summary["wall_s"])
+        return summary
+
+    def _run_local(self, todo, part_dir: Path) -> tuple[list[Path], list[dict]]:
+        paths, failures = [], []
+        it = todo
+        if self.progress and len(todo) > 1:
+            from tqdm.auto import tqdm
+
+            it = tqdm(todo, desc="lightcurves", unit="partition")
+        for p in it:
+            try:
+                feats = partition_features(p.load(), self.stages, self.out_dir, self.mask_flags, self.batch_curves)
+            except Exception as e:  # one bad partition must not stop the rest
+                log.error("partition %s failed: %s", p.key, e)
+                failures.append({"partition": p.key, "files": [str(f) for f in p.files][:5], "stage": "features",
+                                 "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)})
+                continue
+            path = part_dir / f"{p.key}.parquet"
+            _write_features(feats, path, self._partition_stamp(p))
+            paths.append(path)
+        return paths, failures
+
+    def _run_dask(self, todo, part_dir: Path) -> tuple[list[Path], list[dict]]:
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError as e:  # pragma: no cover - depends on the optional extra
+            raise ImportError("dask.enabled=true needs the optional extra: pip install 'skyvar[dask]'") from e
+        cluster = None
+        if self.dask.address:
+            client = Client(self.dask.address)
+        else:
+            cluster = LocalCluster(n_workers=self.dask.n_workers, threads_per_worker=self.dask.threads_per_worker,
+                                   processes=self.dask.processes, dashboard_address=None)
+            client = Client(cluster)
+        try:
+            stages = client.scatter(self.stages, broadcast=True)
+            futures = [client.submit(_dask_task, p, stages, str(self.out_dir), str(part_dir), self.mask_flags,
+                                     self.batch_curves, self._partition_stamp(p), pure=False) for p in todo]
+            paths, failures = [], []
+            for p, fut in zip(todo, futures):
+                res = fut.result()
+                if res.get("error"):
+                    log.error("partition %s failed: %s", p.key, res["error"])
+                    failures.append({"partition": p.key, "stage": "features", **res})
+                else:
+                    paths.append(Path(res["path"]))
+            return paths, failures
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _dask_task(p, stages, out_dir, part_dir, mask_flags, batch_curves, stamp) -> dict:
+    """One store partition on a Dask worker: load, compute, write its feature file; report, never raise."""
+    try:
+        feats = partition_features(p.load(), stages, out_dir, mask_flags, batch_curves)
+        path = Path(part_dir) / f"{p.key}.parquet"
+        _write_features(feats, path, stamp)
+        return {"path": str(path)}
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
+
+
+def read_features(path: str | Path) -> pd.DataFrame:
+    """The feature table written by the pipeline (``lightcurve_features.parquet`` or its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "lightcurve_features.parquet"
+    return pq.read_table(path).to_pandas()
+
+
+def summary_of(out_dir: str | Path) -> dict:
+    return json.loads((Path(out_dir) / "summary.json").read_text())
