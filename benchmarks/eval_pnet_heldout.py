@@ -3,7 +3,8 @@
 Simulates (if missing) the two held-out 1024 x 1024 frames of ``docs/results/pnet.md`` — seeds and
 regions never used in training (training frames use seeds/regions >= 1000):
 
-- ``default``: the CSST-like default (Airy 770 nm / 2 m + 0.06" jitter);
+- ``default``: the CSST-like default (Airy 770 nm / 2 m + 0.06" jitter), seed 2718: the frame of the
+  baselines' README table (``python -m skyvar.sim field out_dir=datasets/heldout_2718 seed=2718 size=1024``);
 - ``optical``: GalSim OpticalPSF with mild aberrations (defocus 0.05, astig1 0.04, coma2 0.03 waves),
   dilated 1.1x: its 50 % encircled-energy radius is ~20 % larger than the default's;
 
@@ -33,7 +34,7 @@ from skyvar.utils.config import config_from_dotlist  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = {
-    "default": ["size=1024", "seed=777", "region=900"],
+    "default": ["size=1024", "seed=2718"],
     "optical": ["size=1024", "seed=778", "region=901", "psf.model=optical", "psf.defocus=0.05", "psf.astig1=0.04",
                 "psf.coma2=0.03", "psf.dilate=1.1"],
 }
