@@ -290,8 +290,10 @@ class PNetDetector(Detector):
     duplicates), batched, on the GPU when available; returns the catalogue contract of
     :mod:`skyvar.detect.base` plus ``score`` (heatmap peak) and ``mag_inst`` columns.
 
-    ``threshold``: heatmap score cut (default: the value tuned on validation stamps, stored in the
-    checkpoint). ``mag_err`` is the network's predicted σ (its calibration on held-out frames is in
+    ``threshold``: heatmap score cut. Default: the value tuned on validation stamps for the best F1 at
+    ``operating_radius`` (px; the checkpoint stores one per match radius). The default 1 px gives the
+    complete catalogue that light curves need; 0.1 px (the paper's match radius) trades a third of the
+    recall at 1 px for purity at 0.1 px — both operating points are in ``docs/results/pnet.md``. ``mag_err`` is the network's predicted σ (its calibration on held-out frames is in
     ``docs/results/pnet.md``). Frames whose pixel scale or measured PSF width differ from the training
     set get a warning (``warn_tolerance``: allowed fractional excess beyond the training range).
     """
@@ -301,7 +303,8 @@ class PNetDetector(Detector):
     def __init__(self, checkpoint: str | None = None, device: str = "auto", tile: int = 512, overlap: int = 64,
                  batch_size: int = 4, threshold: float | None = None, min_separation_px: float = 0.25,
                  blend_radius_px: float = 1.5, background_box: int = 64, check_inputs: bool = True,
-                 warn_tolerance: float = 0.15, tta: bool = False, refine_px: float = 0.3, name: str = "pnet"):
+                 warn_tolerance: float = 0.15, tta: bool = False, refine_px: float = 0.3, name: str = "pnet",
+                 operating_radius: float = 1.0):
         from skyvar.inference import resolve_device
 
         self.name = name
@@ -316,7 +319,10 @@ class PNetDetector(Detector):
         if tile <= overlap:
             raise ValueError(f"tile ({tile}) must exceed overlap ({overlap})")
         self.tile, self.overlap, self.batch_size = int(tile), int(overlap), int(batch_size)
-        self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.3))
+        if threshold is None:
+            by_radius = self.meta.get("threshold_by_radius") or {}
+            threshold = by_radius.get(f"{float(operating_radius):g}", self.meta.get("threshold", 0.3))
+        self.threshold = float(threshold)
         self.min_separation_px = float(min_separation_px)
         self.blend_radius_px = float(blend_radius_px)
         self.background_box = int(background_box)
