@@ -1,14 +1,12 @@
 import dataclasses
 
-
-
 import galsim
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-
 from conftest import run_cli
+
 from skyvar.io.fits import read_frame
 from skyvar.sim.field import FieldSimConfig, FieldSimulation, simulate_field_to_disk
 from skyvar.sim.field_validation import (
