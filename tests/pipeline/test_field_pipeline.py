@@ -183,7 +183,7 @@ def test_infer_cli_simulates_and_runs(tmp_path):
     from tests.conftest import run_cli
 
     out = tmp_path / "cli"
-    r = run_cli(["infer.py", "pipeline=field", f"out_dir={out}", "pipeline.simulate.size=64",
+    r = run_cli(["infer.py", "pipeline=field", "detector=sep", f"out_dir={out}", "pipeline.simulate.size=64",
                  "pipeline.simulate.n_epochs=12", "pipeline.progress=false", "pipeline.plots=false",
                  "pipeline.lightcurves.stages.flares=null", "pipeline.lightcurves.stages.periodogram=null",
                  "pipeline.candidates.min_points=5"], timeout=300)
