@@ -189,3 +189,18 @@ def test_infer_cli_simulates_and_runs(tmp_path):
                  "pipeline.candidates.min_points=5"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "candidates.ecsv").exists() and (out / "eval_lightcurves" / "metrics.json").exists()
+
+
+HAS_PNET = importlib.util.find_spec("skyvar.detect.pnet") is not None
+
+
+@pytest.mark.skipif(not (HAS_PNET and HAS_BASELINES), reason="PNet or the PSF models are not installed")
+def test_pnet_reference_with_forced_photometry_is_the_default(sim, tmp_path):
+    """auto = forced for PNet too: PNet on the median stack gives the reference, forced PSF photometry
+    measures it on every frame (the best pipeline of docs/results/end_to_end.md)."""
+    s = _pipeline(tmp_path / "run", sim, photometry="auto",
+                  detector={"_target_": "skyvar.detect.pnet.PNetDetector", "name": "pnet", "device": "cpu"}).run()
+    assert s["photometry"] == "forced" and s["name"] == "pnet+forced_psf"
+    ref = Table.read(tmp_path / "run" / "reference" / "reference.ecsv")
+    cat = Table.read(sorted((tmp_path / "run" / "photometry" / "catalogs").glob("*.ecsv"))[5])
+    assert len(ref) > 10 and len(cat) == len(ref) and np.allclose(cat["x"], ref["x"])
