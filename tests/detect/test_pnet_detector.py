@@ -42,6 +42,14 @@ def test_released_checkpoint_is_small_and_loads_without_hydra():
     assert meta["pixel_scale_arcsec"] == pytest.approx(0.074)
 
 
+def test_operating_radius_selects_the_validation_threshold():
+    _, meta = load_pnet(CKPT)
+    by_radius = meta["threshold_by_radius"]
+    assert PNetDetector(checkpoint=str(CKPT), device="cpu").threshold == pytest.approx(by_radius["1"])
+    assert PNetDetector(checkpoint=str(CKPT), device="cpu", operating_radius=0.1).threshold == pytest.approx(by_radius["0.1"])
+    assert PNetDetector(checkpoint=str(CKPT), device="cpu", threshold=0.5, operating_radius=0.1).threshold == 0.5
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="PNet checkpoint"):
         PNetDetector(checkpoint=str(tmp_path / "nope.pt"))

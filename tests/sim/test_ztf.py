@@ -3,8 +3,8 @@
 
 import numpy as np
 import pandas as pd
-from conftest import run_cli
 import pytest
+from conftest import run_cli
 
 from skyvar.lightcurves.store import read_store
 from skyvar.sim.ztf import T_SPAN, T_START, ZTFSimConfig, error_model, main, simulate

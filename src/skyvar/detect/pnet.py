@@ -292,8 +292,9 @@ class PNetDetector(Detector):
 
     ``threshold``: heatmap score cut. Default: the value tuned on validation stamps for the best F1 at
     ``operating_radius`` (px; the checkpoint stores one per match radius). The default 1 px gives the
-    complete catalogue that light curves need; 0.1 px (the paper's match radius) trades a third of the
-    recall at 1 px for purity at 0.1 px — both operating points are in ``docs/results/pnet.md``. ``mag_err`` is the network's predicted σ (its calibration on held-out frames is in
+    complete catalogue that light curves need; 0.1 px (the paper's match radius) trades a quarter of
+    the recall at 1 px for purity at 0.1 px (both operating points: ``docs/results/pnet.md``).
+    ``mag_err`` is the network's predicted σ (its calibration on held-out frames is in
     ``docs/results/pnet.md``). Frames whose pixel scale or measured PSF width differ from the training
     set get a warning (``warn_tolerance``: allowed fractional excess beyond the training range).
     """
