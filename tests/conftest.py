@@ -25,6 +25,17 @@ def root() -> Path:
     return ROOT
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Small CPU workloads run far faster on one torch thread on a shared machine (no OpenMP spinning)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

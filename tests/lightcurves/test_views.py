@@ -25,15 +25,7 @@ from skyvar.lightcurves.views import (
 CADENCE = 300.0 / 86400.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small CPU workloads run far faster on one thread on a shared machine (no OpenMP spinning)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 T0_MJD = 60500.0
 
 

@@ -25,13 +25,7 @@ from test_views import make_box_batch  # noqa: E402
 SMALL_NET = {"fc_layers": 2, "fc_width": 32, "n_classes": 5}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small CPU workloads run far faster on one thread on a shared machine (no OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_columns_follow_astronet_triage():

@@ -14,15 +14,7 @@ from skyvar.data.lightcurve_views import LightCurveViewsDataModule, iter_store_b
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lightcurves"))
 from test_views import make_box_batch  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _store(tmp_path, n=12, row_group=250):

@@ -14,14 +14,7 @@ RELEASE = ROOT / "models" / "astronet-csst" / "astronet.pt"
 CONF = ROOT / "conf"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _store(tmp_path):
