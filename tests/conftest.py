@@ -25,7 +25,7 @@ def root() -> Path:
     return ROOT
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """Small CPU workloads run far faster on one torch thread on a shared machine (no OpenMP spinning)."""
     import torch

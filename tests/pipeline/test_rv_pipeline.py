@@ -3,7 +3,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from astropy.table import Table
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -16,12 +15,7 @@ from tests.conftest import ROOT, shared_data
 MRS = ("spectra", "lamost_mrs", "med-58408-TD230151N343645T01_sp01-015.fits")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

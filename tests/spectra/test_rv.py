@@ -28,13 +28,7 @@ from tests.conftest import shared_data
 WAVE = log_grid(*GRID_RANGES["R"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI/dev machines are shared 2-core boxes: two OpenMP threads fighting other jobs are ~3x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
