@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from skyvar.sim.field import FieldSimConfig
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "src" / "skyvar" / "conf"
 
 
 def test_sim_field_yaml_matches_dataclass_defaults():

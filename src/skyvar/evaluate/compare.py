@@ -41,8 +41,10 @@ def compare(reports: dict[str, str | Path], out_dir: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from skyvar.utils.cli import parse_args
+
     argv = sys.argv[1:] if argv is None else argv
-    kv = dict(a.split("=", 1) for a in argv if "=" in a)
+    kv = parse_args(argv, what="skyvar compare").kv
     out = kv.pop("out_dir", "comparison")
     if not kv:
         print(__doc__)
