@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from _common import device_info, print_table  # noqa: E402
 
-from skyvar.lightcurves.periodogram import FrequencyGrid, lomb_scargle  # noqa: E402
+from skyvar.lightcurves.grids import FrequencyGrid  # noqa: E402
+from skyvar.lightcurves.lombscargle import lomb_scargle  # noqa: E402
 
 
 def make_data(n: int, L: int, grid: str, seed: int = 0):

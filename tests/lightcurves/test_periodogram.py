@@ -4,15 +4,10 @@ import pytest
 from astropy.timeseries import LombScargle
 
 from skyvar.lightcurves.batch import LightCurveBatch
-from skyvar.lightcurves.periodogram import (
-    FrequencyGrid,
-    PeriodSearch,
-    classify_sampling,
-    combine_bands,
-    fap_independent,
-    frequency_grid,
-    lomb_scargle,
-)
+from skyvar.lightcurves.fap import fap_independent
+from skyvar.lightcurves.grids import FrequencyGrid, classify_sampling, frequency_grid
+from skyvar.lightcurves.lombscargle import lomb_scargle
+from skyvar.lightcurves.period_search import PeriodSearch, combine_bands
 from skyvar.lightcurves.runs import FLAG_TOO_SHORT
 
 
@@ -209,6 +204,12 @@ def test_torch_backend_on_gpu(shared_data):
     for backend in ("shared", "torch"):
         p = lomb_scargle(t, y, grid, mask=mask, backend=backend, device="cuda")
         assert _rel(p, ref) < 1e-6
+
+
+def test_periodogram_module_still_exports_the_moved_names():
+    from skyvar.lightcurves import periodogram
+
+    assert periodogram.PeriodSearch is PeriodSearch and periodogram.lomb_scargle is lomb_scargle
 
 
 def test_stages_accept_empty_batches_and_all_nan_rows():

@@ -56,6 +56,16 @@ class ExcessFit:
     def sigma_at(self, mag) -> np.ndarray:
         return (self.threshold_at(mag) - self.median_at(mag)) / self.n_sigma
 
+    def select(self, mag, value) -> tuple[np.ndarray, np.ndarray]:
+        """(excess in units of the fitted σ, candidate mask) of each light curve; NaN/False where undefined."""
+        mag = np.asarray(mag, dtype=float)
+        value = np.asarray(value, dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (value - self.median_at(mag)) / self.sigma_at(mag)
+            cand = value > self.threshold_at(mag)
+        ok = np.isfinite(mag) & np.isfinite(value)
+        return np.where(ok, z, np.nan), cand & ok
+
     def to_dict(self) -> dict:
         return {
             "index": self.index, "order": self.order, "n_sigma": self.n_sigma, "bin_size": self.bin_size,
@@ -104,16 +114,7 @@ def fit_excess(mag, value, order: int = 5, bin_size: float = 0.2, n_sigma: float
 
 def select_excess(mag, value, fit: ExcessFit) -> tuple[np.ndarray, np.ndarray]:
     """(excess in units of the fitted σ, candidate mask) of each light curve; NaN/False where undefined."""
-    mag = np.asarray(mag, dtype=float)
-    value = np.asarray(value, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        med = fit.median_at(mag)
-        sig = fit.sigma_at(mag)
-        z = (value - med) / sig
-        cand = value > fit.threshold_at(mag)
-    ok = np.isfinite(mag) & np.isfinite(value)
-    return np.where(ok, z, np.nan), cand & ok
-
+    return fit.select(mag, value)
 
 class ExcessStage:
     """Light-curve pipeline stage ``excess``: the magnitude-dependent excess selection, per band.

@@ -1,4 +1,8 @@
-"""Figures of the variability modules (matplotlib, Agg; every file written atomically)."""
+"""Figures of the variability modules (matplotlib, Agg).
+
+``plot_*`` functions that take a path write the file atomically; the others return the Figure and
+leave saving to the caller (the pipeline stages).
+"""
 
 from __future__ import annotations
 
@@ -98,8 +102,6 @@ def plot_excess_selection(df: pd.DataFrame, fits: dict, path: Path, mag_column: 
     """The minute-cadence paper's Figure 2: counts per bin (all and selected), then each index against
     median magnitude with the fitted median and n-sigma excess curves, selected points coloured."""
     plt = _plt()
-    from skyvar.lightcurves.excess import select_excess
-
     idxs = list(fits)
     fig, axes = plt.subplots(1 + len(idxs), 1, figsize=(5.5, 2.4 * (1 + len(idxs))), sharex=True, squeeze=False)
     axes = axes[:, 0]
@@ -112,7 +114,7 @@ def plot_excess_selection(df: pd.DataFrame, fits: dict, path: Path, mag_column: 
     colors = ["tab:green", "tab:blue", "tab:orange", "tab:purple"]
     for k, (name, fit) in enumerate(fits.items()):
         v = df[name].to_numpy(dtype=float)
-        _, cand = select_excess(mag, v, fit)
+        _, cand = fit.select(mag, v)
         axes[0].hist(mag[cand], bins=edges, histtype="step", color=colors[k % 4],
                      label=f"{LABELS.get(name, name)} > {fit.n_sigma:g}σ ({int(cand.sum())})")
         ax = axes[1 + k]
@@ -136,3 +138,80 @@ def plot_excess_selection(df: pd.DataFrame, fits: dict, path: Path, mag_column: 
     out = savefig_atomic(fig, path)
     plt.close(fig)
     return out
+
+
+# ------------------------------------------------------------------------------ period searches
+def _grid_axes(plt, n: int, w: float, h: float):
+    ncol = min(3, n)
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(w * ncol, h * nrow), squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)[:n]
+
+
+def plot_pwr_fmax(runs: pd.DataFrame, thresholds: dict):
+    """The minute-cadence paper's Figure 4: Pwr_max against f_max of the runs of each observation
+    (``runs.obs_group``) with its binned n-sigma threshold (:class:`~skyvar.lightcurves.calibration.
+    BinnedThreshold`), runs above it circled. Returns the Figure."""
+    plt = _plt()
+    groups = sorted(thresholds)
+    fig, axes = _grid_axes(plt, len(groups), 4.5, 3.5)
+    for ax, g in zip(axes, groups):
+        sub = runs[runs.obs_group == g]
+        thr = thresholds[g]
+        c = sub.candidate_binned.to_numpy(bool)
+        ax.scatter(sub.f_max[~c], sub.pwr_max[~c], s=2, c="0.5", label=f"N={int((~c).sum())} below")
+        ax.scatter(sub.f_max[c], sub.pwr_max[c], s=25, facecolors="none", edgecolors="tab:red",
+                   label=f"N={int(c.sum())} above")
+        ax.stairs(thr.threshold, thr.edges, color="tab:red", lw=1, label=f"{thr.n_sigma:g} sigma")
+        ax.set_yscale("log")
+        ax.set_xlabel("f_max (d^-1)")
+        ax.set_ylabel("Pwr_max")
+        ax.set_title(f"observation {g} (t0={sub.t_start.min():.2f})", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("Pwr_max - f_max diagram (cf. paper Fig. 4)")
+    return fig
+
+
+def plot_fap_calibration(calibrations: dict):
+    """The minute-cadence paper's Figure 5: the FAP calibration fit of each group. Returns the Figure."""
+    from skyvar.lightcurves.calibration import plot_cdf_calibration
+
+    plt = _plt()
+    groups = sorted(calibrations)
+    fig, axes = _grid_axes(plt, len(groups), 4.2, 3.4)
+    for ax, g in zip(axes, groups):
+        plot_cdf_calibration(ax, calibrations[g], label=g, quantity="FAP")
+    fig.suptitle("FAP calibration (cf. paper Fig. 5)")
+    return fig
+
+
+def plot_period_candidate(t, mag, mag_err, freq, power, f_max: float, title: str = "", zoom: bool = False,
+                          ylabel: str = "power (variance-scaled)"):
+    """A periodogram (``freq`` in d^-1) with its peak ``f_max`` marked, beside the light curve folded at
+    ``1/f_max``; ``zoom`` adds an inset of +-12/T around the peak (fringes of spliced or survey
+    sampling). Returns the Figure."""
+    plt = _plt()
+    t, mag, mag_err = (np.asarray(a, float) for a in (t, mag, mag_err))
+    P = 1.0 / f_max
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    a1.plot(freq, power, "k-", lw=0.3)
+    a1.axvline(f_max, c="tab:red", lw=0.8, ls=":")
+    span = t.max() - t.min()
+    if zoom:
+        ins = a1.inset_axes([0.58, 0.55, 0.4, 0.4])
+        z = np.abs(freq - f_max) < 12.0 / span
+        ins.plot(freq[z], power[z], "k-", lw=0.6)
+        ins.axvline(f_max, c="tab:red", lw=0.8, ls=":")
+        ins.tick_params(labelsize=6)
+    a1.set_xlabel("frequency (d^-1)")
+    a1.set_ylabel(ylabel)
+    a1.set_title(title, fontsize=9)
+    ph = np.mod((t - t.min()) / P, 1.0)
+    for off in (0, 1):
+        a2.errorbar(ph + off, mag, mag_err, fmt=".", ms=3, c="k", lw=0.4)
+    a2.invert_yaxis()
+    a2.set_xlabel(f"phase (P = {P * 24 * 60:.2f} min = {P:.5f} d)")
+    a2.set_ylabel("mag")
+    return fig
