@@ -133,7 +133,8 @@ def test_csv_directory_with_bad_files_and_short_curves(tmp_path):
     (d / "broken.csv").write_text("mjd,mag\n\x00\x01garbage,\n")
     out = tmp_path / "out"
     s = run_infer(["pipeline=lightcurves", f"input={d}", f"out_dir={out}", "pipeline.progress=false",
-                   "pipeline.n_partitions=2", "pipeline.stages.0.plots=false", "pipeline.stages.1.plots=false"])
+                   "pipeline.n_partitions=2", "pipeline.stages.indices.plots=false",
+                   "pipeline.stages.excess.plots=false"])
     f = read_features(out)
     assert len(f) == 61 and s["n_partitions"] == 2
     short = f[f.source_id == "star999"].iloc[0]
@@ -200,3 +201,29 @@ def test_infer_cli_subprocess(tmp_path, root):
                        capture_output=True, text=True, cwd=root, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(read_features(tmp_path / "out")) == 120
+
+
+def test_field_and_lightcurves_pipelines_share_the_stage_configs():
+    """conf/stage/ is the one place a stage's parameters live; pipeline=field differs only where it says so."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[2] / "src" / "skyvar" / "conf"
+
+    def stages(pipeline, where):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(conf), version_base="1.3"):
+            cfg = compose("infer", overrides=[f"pipeline={pipeline}", "paths.root_dir=."])
+        node = OmegaConf.select(cfg, where)
+        return OmegaConf.to_container(node, resolve=False)
+
+    lc = stages("lightcurves", "pipeline.stages")
+    field = stages("field", "pipeline.lightcurves.stages")
+    assert list(lc) == ["indices", "excess", "flares", "periodogram"]
+    assert list(field) == ["indices", "excess", "flares", "periodogram", "astronet"]
+    diff = {(name, k): (lc[name].get(k), field[name].get(k)) for name in lc
+            for k in set(lc[name]) | set(field[name]) if lc[name].get(k) != field[name].get(k)}
+    assert diff == {("periodogram", "run_fmin_factor"): (2.0, 1.0), ("indices", "device"): ("cpu", "${device}")}
+    assert stages("lightcurves_astronet", "pipeline.stages") == {
+        "indices": None, "excess": None, "flares": None, "periodogram": None, "astronet": field["astronet"]}

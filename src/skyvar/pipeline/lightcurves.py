@@ -6,7 +6,8 @@ under ``D/plots/<stage>/``, ``D/summary.json`` and ``D/failures.json``.
 
 Stages (the extension interface)
 --------------------------------
-The pipeline config holds a list ``stages:`` of objects built by ``_target_``. A stage is any object
+The pipeline config holds ``stages:``, a mapping of names to objects built by ``_target_`` (each from
+``conf/stage/<name>.yaml``; a null entry drops a stage; a plain list also works). A stage is any object
 with
 
 * ``name: str`` — column owner and plot folder name;
@@ -43,6 +44,7 @@ import dataclasses
 import json
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +214,9 @@ class LightCurvePipeline:
             raise ValueError("pipeline=lightcurves needs input=<store dir | parquet/csv file | dir of tables>")
         self.input = input
         self.out_dir = Path(out_dir)
+        # A mapping name -> stage (the config's `stages:`; a null entry drops that stage) or a list.
+        if isinstance(stages, Mapping):
+            stages = [st for st in stages.values() if st is not None]
         self.stages = list(stages or [])
         names = [getattr(s, "name", None) for s in self.stages]
         if any(n is None for n in names) or len(set(names)) != len(names):
