@@ -103,3 +103,38 @@ def as_grid(freq) -> tuple[np.ndarray, FrequencyGrid | None]:
             return f, FrequencyGrid(float(f[0]), float(d[0]), int(f.size))
     return f, None
 
+
+
+def survey_grid(span: float, cadence: float | None = None, oversample: float = 5.0, fmin: float | None = None,
+                fmax: float | None = None, survey_fmin: float = 0.02, survey_fmax: float = 50.0,
+                cadence_limit: float = 0.02, max_nf: int = 5_000_000) -> FrequencyGrid:
+    """The frequency grid of a (multi-band) survey search, from the baseline and the cadence.
+
+    * spacing ``df = 1/(oversample T)`` from the baseline ``span = T`` (days): ``oversample`` samples
+      per peak of width ~1/T;
+    * lower end ``max(survey_fmin, 2/T)`` (two cycles in the baseline);
+    * upper end from the cadence (``cadence``: the median time between consecutive epochs of one
+      band, days): sparse sampling (``cadence > cadence_limit``) has no Nyquist limit (VanderPlas
+      2018, Sect. 4.1.3), so the upper end is the shortest period looked for, ``survey_fmax``
+      (default 50 d^-1 = 29 min); minute-cadence sampling reaches further, up to its pseudo-Nyquist
+      frequency ``1/(2 cadence)``.
+
+    ``fmin``/``fmax`` given replace the derived ends (e.g. 0.8-5 d^-1 for RR Lyrae periods of 0.2-1.2 d).
+    """
+    if not (span > 0 and np.isfinite(span)):
+        raise ValueError(f"survey_grid needs a positive baseline, got span={span}")
+    lo = float(fmin) if fmin is not None else max(survey_fmin, 2.0 / span)
+    if fmax is not None:
+        hi = float(fmax)
+    elif cadence is not None and np.isfinite(cadence) and 0 < cadence <= cadence_limit:
+        hi = max(survey_fmax, 0.5 / cadence)
+    else:
+        hi = survey_fmax
+    if not hi > lo:
+        raise ValueError(f"empty frequency range [{lo}, {hi}] d^-1 (baseline {span} d)")
+    df = 1.0 / (oversample * span)
+    nf = int(np.floor((hi - lo) / df)) + 1
+    if nf > max_nf:
+        raise ValueError(f"{nf} frequencies ({lo:g}-{hi:g} d^-1, df={df:.3g}) exceed max_nf={max_nf}; "
+                         "lower oversample or fmax")
+    return FrequencyGrid(float(lo), float(df), nf)

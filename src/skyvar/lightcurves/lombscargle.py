@@ -16,13 +16,19 @@ Backends (:func:`lomb_scargle`)
   staring run, each missing a few frames) share ``cos(2 pi f t_n)``, so every trigonometric sum is a
   matrix product ``(B x N) @ (N x F)`` on the union time grid with masked points weighted 0. This is
   the fast path for survey fields; exact in float64, ~1e-5 relative in float32.
-* ``"torch"``: direct sums for rows with their own time stamps, chunked ``(B, N, F)`` tensors; meant
-  for the GPU (on the CPU it is correct but slower than ``"nifty"``).
-* ``"nifty"``: nifty-ls (finufft) on the CPU: one batched call for a shared grid (masked points get
-  infinite errors, i.e. zero weight), one call per row otherwise.
-* ``"astropy"``: the reference, one ``LombScargle`` per row (``method="fast"`` or ``"slow"``).
+  Rows with their own epochs and a non-uniform frequency list go through the same kernel one row at
+  a time (direct sums).
+* ``"nifty"``: nifty-ls (finufft NUFFT; its cufinufft backend on CUDA when installed): one batched
+  call for a shared grid (masked points get infinite errors, i.e. zero weight), one call per row
+  otherwise. Needs a uniform frequency grid.
 * ``"auto"``: ``"shared"`` when the union of the rows' epochs is at most ``shared_factor`` times the
-  longest row, else ``"torch"`` on CUDA and ``"nifty"`` on the CPU.
+  longest row, else ``"nifty"`` (``"shared"`` row by row for a non-uniform frequency list).
+
+Only backends that win somewhere measured are kept (``benchmarks/bench_periodogram.py``, 2 CPU
+cores): the shared-epoch GEMM is 1.6x nifty-ls per core on shared epochs (float32), nifty-ls is the
+fastest on differing epochs (astropy's fast method is 7x slower there, a direct torch sum on the CPU
+80x). A direct-sum torch backend for GPUs and an astropy backend were removed: neither won anywhere
+measured. astropy stays the reference the tests compare against.
 Phases are reduced modulo one cycle in float64 before the trigonometric functions, so long baselines
 (years) at high frequency keep their accuracy in float32.
 
@@ -109,15 +115,12 @@ def _power_from_sums_inplace(YC, YS, C, S, C2, S2, YY, fit_mean):
     return num.div_(D).div_(YY)
 
 
-def _trig(t_rel, freq, torch, dtype, device, double: bool = True):
-    """cos/sin of 2 pi f t (and of 2 x that) with phases reduced mod 1 in float64; shapes (..., F)."""
+def _trig(t_rel, freq, torch, dtype, device):
+    """cos/sin of 2 pi f t and of 2 x that, with phases reduced mod 1 in float64; shapes (..., F)."""
     ph = torch.remainder(t_rel[..., None] * freq, 1.0)
     ang = (2 * np.pi) * ph
-    out = [torch.cos(ang).to(dtype), torch.sin(ang).to(dtype)]
-    if double:
-        ang2 = (2 * np.pi) * torch.remainder(2 * ph, 1.0)
-        out += [torch.cos(ang2).to(dtype), torch.sin(ang2).to(dtype)]
-    return out
+    ang2 = (2 * np.pi) * torch.remainder(2 * ph, 1.0)
+    return [torch.cos(ang).to(dtype), torch.sin(ang).to(dtype), torch.cos(ang2).to(dtype), torch.sin(ang2).to(dtype)]
 
 
 _POWER_FNS: dict = {}
@@ -240,49 +243,20 @@ def _ls_shared(t, y0, w, mask, yy, freq, fit_mean, dtype, device, reduce, b_chun
     return out
 
 
-def _ls_direct(t, y0, w, mask, yy, freq, fit_mean, dtype, device, reduce, b_chunk, f_chunk, compile_):
-    import torch
-
-    B, L = y0.shape
-    dev = torch.device(device)
-    t_ref = np.where(mask, t, np.inf).min(axis=1, keepdims=True)
-    t_ref = np.where(np.isfinite(t_ref), t_ref, 0.0)
-    tt = torch.as_tensor(np.where(mask, t - t_ref, 0.0), dtype=torch.float64, device=dev)
-    Wt = torch.as_tensor(w, dtype=dtype, device=dev)
-    WYt = torch.as_tensor(w * y0, dtype=dtype, device=dev)
-    YYt = torch.as_tensor(yy, dtype=dtype, device=dev)[:, None]
-    fr = torch.as_tensor(freq, dtype=torch.float64, device=dev)
-    F = fr.numel()
-    out = None if reduce == "max" else np.empty((B, F), dtype=np.float64)
-    best_p = torch.full((B,), -np.inf, dtype=dtype, device=dev)
-    best_i = torch.zeros(B, dtype=torch.int64, device=dev)
-    for ba in range(0, B, b_chunk):
-        bb = min(B, ba + b_chunk)
-        wy = WYt[ba:bb, None, :]
-        ww = Wt[ba:bb, None, :]
-        for fa in range(0, F, f_chunk):
-            fb = min(F, fa + f_chunk)
-            c, s = _trig(tt[ba:bb], fr[fa:fb], torch, dtype, dev, double=False)  # (b, L, Fc)
-            YC = torch.bmm(wy, c)[:, 0]
-            YS = torch.bmm(wy, s)[:, 0]
-            C2 = torch.bmm(ww, 2 * c * c - 1)[:, 0]
-            S2 = torch.bmm(ww, 2 * s * c)[:, 0]
-            if fit_mean:
-                C = torch.bmm(ww, c)[:, 0]
-                S = torch.bmm(ww, s)[:, 0]
-            else:
-                C = S = None
-            r = _power_chunk(YC, YS, C, S, C2, S2, YYt[ba:bb], fit_mean, reduce, compile_)
-            if reduce == "max":
-                _merge_max(r[0], r[1], fa, best_p[ba:bb], best_i[ba:bb])
-            else:
-                out[ba:bb, fa:fb] = r.double().cpu().numpy()
-    if reduce == "max":
-        return best_p.double().cpu().numpy(), best_i.cpu().numpy()
-    return out
+def _nifty_backend(device) -> str:
+    """nifty-ls's cufinufft backend for a CUDA device when it is installed, else finufft (CPU)."""
+    if str(device).startswith("cuda"):
+        try:
+            from nifty_ls.core import AVAILABLE_BACKENDS
+        except ImportError:  # pragma: no cover - nifty-ls internals
+            AVAILABLE_BACKENDS = ()
+        if "cufinufft" in AVAILABLE_BACKENDS:
+            return "cufinufft"
+    return "finufft"
 
 
-def _ls_nifty(t, y, mask, dy, use_errors, grid, fit_mean, center_data, shared, reduce, b_chunk, nthreads):
+def _ls_nifty(t, y, mask, dy, use_errors, grid, fit_mean, center_data, shared, reduce, b_chunk, nthreads,
+              device="cpu"):
     import nifty_ls
 
     B = y.shape[0]
@@ -291,11 +265,12 @@ def _ls_nifty(t, y, mask, dy, use_errors, grid, fit_mean, center_data, shared, r
     best_p = np.full(B, -np.inf)
     best_i = np.zeros(B, dtype=np.int64)
     kw = dict(fmin=grid.fmin, fmax=grid.fmax, Nf=grid.nf, center_data=center_data, fit_mean=fit_mean,
-              normalization="standard", backend="finufft")
-    if nthreads is not None:
+              normalization="standard", backend=_nifty_backend(device))
+    cpu = kw["backend"] == "finufft"  # thread counts are a CPU matter
+    if nthreads is not None and cpu:
         kw["nthreads"] = nthreads
     if shared:
-        if nthreads is None and B < 64:
+        if nthreads is None and B < 64 and cpu:
             kw["nthreads"] = 1
         tu, inv = np.unique(t[mask], return_inverse=True)
         rr, _ = np.nonzero(mask)
@@ -313,7 +288,7 @@ def _ls_nifty(t, y, mask, dy, use_errors, grid, fit_mean, center_data, shared, r
             else:
                 out[ba:bb] = p
     else:
-        if nthreads is None:
+        if nthreads is None and cpu:
             kw["nthreads"] = 1  # one short light curve per call: threads only add OpenMP overhead
         for b in range(B):  # nifty-ls 1.1 batches only shared time grids
             m = mask[b]
@@ -333,22 +308,13 @@ def _ls_nifty(t, y, mask, dy, use_errors, grid, fit_mean, center_data, shared, r
     return out
 
 
-def _ls_astropy(t, y, mask, dy, use_errors, freq, fit_mean, center_data, reduce, method):
-    from astropy.timeseries import LombScargle
-
-    B = y.shape[0]
-    out = np.full((B, freq.size), np.nan)
-    for b in range(B):
-        m = mask[b]
-        if m.sum() < 3:
-            continue
-        ls = LombScargle(t[b, m], y[b, m], dy[b, m] if use_errors else None, fit_mean=fit_mean,
-                         center_data=center_data, normalization="standard")
-        out[b] = ls.power(freq, method=method, assume_regular_frequency=True)
+def _stack_rows(parts: list, reduce: str | None, nf: int):
+    """Row-by-row results (None for rows without points) as the batched result."""
     if reduce == "max":
-        i = np.argmax(np.nan_to_num(out, nan=-1.0), axis=1)
-        return out[np.arange(B), i], i
-    return out
+        p = np.array([np.nan if r is None else r[0][0] for r in parts])
+        i = np.array([-1 if r is None else r[1][0] for r in parts], dtype=np.int64)
+        return p, i
+    return np.stack([np.full(nf, np.nan) if r is None else r[0] for r in parts]) if parts else np.empty((0, nf))
 
 
 def is_shared_grid(t: np.ndarray, mask: np.ndarray, shared_factor: float = 1.5) -> bool:
@@ -378,7 +344,6 @@ def lomb_scargle(
     f_chunk: int = 4096,
     shared_factor: float = 1.5,
     nthreads: int | None = None,
-    astropy_method: str = "fast",
     compile: bool | str = "auto",
 ):
     """Lomb-Scargle periodograms of many light curves at once.
@@ -392,11 +357,12 @@ def lomb_scargle(
     dy, use_errors : errors and whether to weight by ``1/dy^2`` (astropy's ``dy``); default unweighted.
     fit_mean, center_data : as in astropy (floating-mean generalised LS by default).
     normalization : ``"standard"`` (astropy) or ``"variance"`` ((N-1)/2 x standard, Exp(1) null).
-    backend : ``auto | shared | torch | nifty | astropy`` (module docstring).
-    dtype, device : torch dtype (``float64``/``float32``) and device for the torch backends.
+    backend : ``auto | shared | nifty`` (module docstring).
+    dtype, device : torch dtype (``float64``/``float32``) and device of the ``shared`` backend
+        (``device`` also picks nifty-ls's GPU backend when it is installed).
     reduce : None for the full ``(B, F)`` power, ``"max"`` for ``(pwr_max, i_max)`` only
         (memory O(B); the way to run 1e5 light curves x 1e4 frequencies).
-    compile : torch.compile the fused power/argmax kernel of the torch backends (``reduce="max"``):
+    compile : torch.compile the fused power/argmax kernel of the ``shared`` backend (``reduce="max"``):
         True, False, or ``"auto"`` (when ``B x F >= 2e8``, where the one-off compilation, ~10-40 s on
         a CPU, pays for itself).
 
@@ -414,37 +380,31 @@ def lomb_scargle(
         raise ValueError("empty frequency grid")
     t2, y0, w, m2, n, yy = _prepare(t, y, mask, dy, use_errors, center_data, fit_mean)
     B = y0.shape[0]
+    shared = is_shared_grid(t2, m2, shared_factor)
     if backend == "auto":
-        if is_shared_grid(t2, m2, shared_factor):
-            backend = "shared"
-        elif str(device).startswith("cuda"):
-            backend = "torch"
-        else:
-            backend = "nifty" if grid is not None else "torch"
+        backend = "shared" if shared or grid is None else "nifty"
     if compile == "auto":
         compile = reduce == "max" and B * freq_arr.size >= 2e8
     tdtype = {"float64": torch.float64, "float32": torch.float32}[str(dtype).replace("torch.", "")]
     if backend == "shared":
         bc = b_chunk or 1024
-        res = _ls_shared(t2, y0, w, m2, yy, freq_arr, fit_mean, tdtype, device, reduce, bc, f_chunk, bool(compile))
-    elif backend == "torch":
-        bc = b_chunk or max(1, int(2e7 // max(1, y0.shape[1] * min(f_chunk, freq_arr.size))))
-        res = _ls_direct(t2, y0, w, m2, yy, freq_arr, fit_mean, tdtype, device, reduce, bc, f_chunk, bool(compile))
+        args = (freq_arr, fit_mean, tdtype, device, reduce, bc, f_chunk, bool(compile))
+        if shared:
+            res = _ls_shared(t2, y0, w, m2, yy, *args)
+        else:  # every row its own epochs: direct sums row by row (the union would be all rows' epochs)
+            parts = [_ls_shared(t2[b:b + 1], y0[b:b + 1], w[b:b + 1], m2[b:b + 1], yy[b:b + 1], *args)
+                     if m2[b].any() else None for b in range(B)]
+            res = _stack_rows(parts, reduce, freq_arr.size)
     elif backend == "nifty":
         if grid is None:
             raise ValueError("the nifty backend needs a uniform frequency grid")
-        shared = is_shared_grid(t2, m2, shared_factor)
         yr = np.where(m2, np.atleast_2d(np.asarray(y, dtype=np.float64)), 0.0)
         dyr = (np.where(m2, np.broadcast_to(np.atleast_2d(np.asarray(dy, dtype=np.float64)), yr.shape), 1.0)
                if use_errors else None)
         res = _ls_nifty(t2, yr, m2, dyr, use_errors, grid, fit_mean, center_data, shared, reduce,
-                        b_chunk or 512, nthreads)
-    elif backend == "astropy":
-        yr = np.atleast_2d(np.asarray(y, dtype=np.float64))
-        dyr = np.broadcast_to(np.atleast_2d(np.asarray(dy, dtype=np.float64)), yr.shape) if use_errors else None
-        res = _ls_astropy(t2, yr, m2, dyr, use_errors, freq_arr, fit_mean, center_data, reduce, astropy_method)
+                        b_chunk or 512, nthreads, device)
     else:
-        raise ValueError(f"unknown backend {backend!r}")
+        raise ValueError(f"unknown backend {backend!r} (auto | shared | nifty)")
     bad = (n < 3) | ~(yy > 0)
     scale = np.where(bad, np.nan, (n - 1) / 2.0 if normalization == "variance" else 1.0)
     if reduce == "max":

@@ -35,52 +35,6 @@ from skyvar.utils.log import get_logger
 log = get_logger(__name__)
 
 
-# ----------------------------------------------------------------------------- multi-band
-def combine_bands(batch: LightCurveBatch, scale: bool = False) -> tuple[LightCurveBatch, np.ndarray]:
-    """Merge the bands of each source into one light curve for a joint periodogram.
-
-    Each band is shifted by its median (and with ``scale`` divided by its robust sigma, IQR/1.349, so
-    a noisy band does not dominate), then all points of a source are merged and sorted by time. This
-    is the single-term shared-phase model with per-band offsets (VanderPlas & Ivezic 2015, Nterms=1)
-    in its simplest pre-centred form; it assumes similar amplitudes in the bands (use ``scale`` when
-    they differ). Returns the combined batch (``band`` = the bands joined by ``+``) and, for every
-    input row, the index of its combined row.
-    """
-    from skyvar.lightcurves.runs import row_quantiles
-
-    clean, _ = clean_batch(batch)
-    n = clean.mask.sum(axis=1)
-    srt = np.sort(np.where(clean.mask, clean.mag, np.nan), axis=1)
-    q25, med, q75 = row_quantiles(srt, n, (0.25, 0.5, 0.75))
-    y = clean.mag - med[:, None]
-    if scale:
-        rs = (q75 - q25) / 1.3489795003921634
-        y = y / np.where(rs > 0, rs, 1.0)[:, None]
-    codes, uniq = pd.factorize(pd.Series(clean.source_id))
-    r, c = np.nonzero(clean.mask)
-    g = codes[r]
-    order = np.lexsort((clean.time[r, c], g))
-    r, c, g = r[order], c[order], g[order]
-    G = len(uniq)
-    counts = np.bincount(g, minlength=G)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pos = np.arange(r.size) - starts[g]
-    L = int(counts.max()) if G else 0
-    t = np.full((G, L), np.nan)
-    m = np.full((G, L), np.nan)
-    e = np.full((G, L), np.nan)
-    msk = np.zeros((G, L), dtype=bool)
-    t[g, pos], m[g, pos], e[g, pos], msk[g, pos] = clean.time[r, c], y[r, c], clean.mag_err[r, c], True
-    bu, bidx = np.unique(clean.band.astype(str), return_inverse=True)
-    presence = np.zeros((G, bu.size), dtype=np.int64)
-    presence[codes, bidx] = 1
-    combo = presence @ (1 << np.arange(bu.size, dtype=np.int64))
-    cu, cinv = np.unique(combo, return_inverse=True)
-    labels = np.array(["+".join(bu[(k >> np.arange(bu.size)) & 1 == 1]) for k in cu])  # one per combination
-    comb = LightCurveBatch(source_id=np.asarray(uniq), band=labels[cinv], time=t, mag=m, mag_err=e, mask=msk)
-    return comb, codes
-
-
 # ----------------------------------------------------------------------------- the pipeline stage
 def _median_dt(seg_time: np.ndarray, mask: np.ndarray) -> np.ndarray:
     import warnings
@@ -142,8 +96,6 @@ class PeriodSearch:
         n_sigma: float = 10.0,
         min_per_bin: int = 10,
         runs_for_spliced: bool = True,
-        combine_bands: bool = False,
-        combine_scale: bool = False,
         plots: bool = True,
         n_plots: int = 12,
         plot_buffer: int = 64,
@@ -177,8 +129,6 @@ class PeriodSearch:
         self.n_sigma = float(n_sigma)
         self.min_per_bin = int(min_per_bin)
         self.runs_for_spliced = bool(runs_for_spliced)
-        self.combine_bands = bool(combine_bands)
-        self.combine_scale = bool(combine_scale)
         self.plots = bool(plots)
         self.n_plots = int(n_plots)
         self.plot_buffer = int(plot_buffer)
@@ -303,9 +253,6 @@ class PeriodSearch:
 
     def __call__(self, batch: LightCurveBatch, out_dir: str | Path | None = None) -> pd.DataFrame:
         self._top = []
-        codes = None
-        if self.combine_bands:
-            batch, codes = combine_bands(batch, self.combine_scale)
         out, runs, rows_tab = self.search(batch)
         key = batch_key(batch)
         if len(runs):
@@ -315,7 +262,7 @@ class PeriodSearch:
         if top:
             self._log.add("top", pd.concat(top, ignore_index=True), out_dir, key)
         self._top = []
-        return out if codes is None else out.iloc[codes].reset_index(drop=True)
+        return out
 
     # -------------------------------------------------------------- candidate light curves for plots
     def _top_runs(self, segs, ridx, runs) -> pd.DataFrame:
@@ -399,7 +346,7 @@ class PeriodSearch:
     def finalize(self, features: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
         out_dir = Path(out_dir)
         keys = None
-        if {"source_id", "band"} <= set(features.columns) and not self.combine_bands:
+        if {"source_id", "band"} <= set(features.columns):
             keys = features[["source_id", "band"]]
         runs = self._log.collect("runs", out_dir, keys)
         rows = self._log.collect("rows", out_dir, keys, unique=("source_id", "band"))
@@ -442,12 +389,10 @@ class PeriodSearch:
         return features
 
     def _join(self, k: tuple) -> str:
-        return str(k[0]) if self.combine_bands else f"{k[0]}\x1f{k[1]}"
+        return f"{k[0]}\x1f{k[1]}"
 
     def _key(self, df: pd.DataFrame) -> pd.Series:
-        """Row key: source and band, or the source alone when bands are combined."""
-        if self.combine_bands:
-            return df.source_id.astype(str)
+        """Row key: source and band."""
         return df.source_id.astype(str) + "\x1f" + df.band.astype(str)
 
     def _plot(self, runs, rows, features, top, pdir: Path) -> None:

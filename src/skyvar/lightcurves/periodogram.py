@@ -9,7 +9,7 @@ minute-cadence search stage in :mod:`skyvar.lightcurves.period_search` and its f
 from skyvar.lightcurves.fap import LN10, fap_independent
 from skyvar.lightcurves.grids import FrequencyGrid, classify_sampling, frequency_grid
 from skyvar.lightcurves.lombscargle import NORMALIZATIONS, is_shared_grid, lomb_scargle
-from skyvar.lightcurves.period_search import PeriodSearch, combine_bands
+from skyvar.lightcurves.period_search import PeriodSearch
 
-__all__ = ["LN10", "NORMALIZATIONS", "FrequencyGrid", "PeriodSearch", "classify_sampling", "combine_bands",
+__all__ = ["LN10", "NORMALIZATIONS", "FrequencyGrid", "PeriodSearch", "classify_sampling",
            "fap_independent", "frequency_grid", "is_shared_grid", "lomb_scargle"]

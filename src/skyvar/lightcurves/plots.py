@@ -215,3 +215,33 @@ def plot_period_candidate(t, mag, mag_err, freq, power, f_max: float, title: str
     a2.set_xlabel(f"phase (P = {P * 24 * 60:.2f} min = {P:.5f} d)")
     a2.set_ylabel("mag")
     return fig
+
+
+def plot_multiband_candidate(t, mag, mag_err, band, freq, power, f_max: float, title: str = ""):
+    """The multi-band scan around its chosen peak ``f_max`` (d^-1) beside every band folded at
+    ``1/f_max``, each band shifted to its median (bands in the order of their labels). Returns the Figure."""
+    plt = _plt()
+    t, mag, mag_err = (np.asarray(a, float) for a in (t, mag, mag_err))
+    band = np.asarray(band).astype(str)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a1.plot(freq, power, "k-", lw=0.4)
+    a1.axvline(f_max, c="tab:red", lw=0.8, ls=":")
+    a1.set_xlabel("frequency (d^-1)")
+    a1.set_ylabel("multi-band power (standard)")
+    a1.set_title(title, fontsize=9)
+    ph = np.mod((t - t.min()) * f_max, 1.0)
+    bands = sorted(set(band))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    offset = 0.0
+    for i, b in enumerate(bands):
+        m = band == b
+        y = mag[m] - np.median(mag[m])
+        for off in (0, 1):
+            a2.errorbar(ph[m] + off, y + offset, mag_err[m], fmt=".", ms=3, lw=0.3, c=colors[i % len(colors)],
+                        label=b if off == 0 else None)
+        offset += 1.2 * max(np.ptp(y) if y.size else 0.0, 0.1)
+    a2.invert_yaxis()
+    a2.set_xlabel(f"phase (P = {1 / f_max:.6f} d)")
+    a2.set_ylabel("mag - median (bands offset)")
+    a2.legend(fontsize=7, loc="upper right", ncol=min(len(bands), 5))
+    return fig

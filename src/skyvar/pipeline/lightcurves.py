@@ -1,8 +1,10 @@
 """The light-curve feature pipeline: a store in, one feature row per (source, band) out.
 
-``python infer.py pipeline=lightcurves input=<store dir | table.parquet | table.csv | dir of tables>
-out_dir=D`` writes ``D/lightcurve_features.parquet`` (one row per source and band), per-stage plots
-under ``D/plots/<stage>/``, ``D/summary.json`` and ``D/failures.json``.
+``python infer.py pipeline=lightcurves input=<store dir | table.parquet | table.csv | dir of tables |
+light-curve archive(s)> out_dir=D`` writes ``D/lightcurve_features.parquet`` (one row per source and
+band, plus one ``band = "all"`` row per multi-band source from the multi-band period search), per-stage
+plots under ``D/plots/<stage>/``, ``D/summary.json`` and ``D/failures.json``. Inputs are opened by
+:func:`skyvar.lightcurves.readers.open_lightcurves` (MACHO archives, the Stripe 82 layout, tables).
 
 Stages (the extension interface)
 --------------------------------
@@ -15,6 +17,12 @@ with
   batch row, in the batch's order, holding only the columns the stage adds (the index is ignored).
   ``batch.mask`` already excludes padding and points whose store ``flag`` hits ``mask_flags``;
   rows are sorted by time. A stage may write plots under ``out_dir / "plots" / name``;
+* optionally ``source_rows(batch, out_dir) -> pandas.DataFrame`` — for searches over all bands of a
+  source together (the multi-band period search): at most one row per source of the batch, with a
+  ``source_id`` column and the stage's columns. The pipeline appends them as rows with
+  ``band = "all"`` (:data:`ALL_BANDS`) whose ``n_obs``/``n_good`` are summed and ``time_min``/
+  ``time_max`` spanned over the source's bands; the per-band stages' columns are empty there. All
+  bands of a source are always in the same batch;
 * optionally ``finalize(features: pandas.DataFrame, out_dir: pathlib.Path) -> pandas.DataFrame`` —
   called once, in stage order, after every partition is done, with the whole feature table (all
   stages' columns); it returns the table with its columns added or updated. Population-level steps
@@ -54,6 +62,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skyvar.lightcurves.batch import LightCurveBatch
+from skyvar.lightcurves.readers import open_lightcurves
 from skyvar.lightcurves.store import FLAG_DUPLICATE_TIME, open_store
 from skyvar.utils.atomic import atomic_path, write_json_atomic
 from skyvar.utils.config import stable_hash
@@ -62,6 +71,8 @@ from skyvar.utils.log import get_logger
 log = get_logger(__name__)
 
 BASE_COLUMNS = ("source_id", "band", "n_obs", "n_good", "time_min", "time_max")
+#: The ``band`` of the rows holding what a stage found from all bands of a source together.
+ALL_BANDS = "all"
 # Catalogue flags that make a point unusable by default: saturated, edge, fit failed, bad pixels,
 # non-positive flux (skyvar.detect.base), and repeated times (store cleaning). Blends are kept.
 DEFAULT_MASK_FLAGS = 1 | 4 | 8 | 16 | 32 | FLAG_DUPLICATE_TIME
@@ -88,15 +99,29 @@ def stage_signature(stage: Any) -> dict:
 
 
 def _batches_by_length(df: pd.DataFrame, batch_curves: int) -> tuple[np.ndarray, int]:
-    """Row -> batch number, grouping light curves of similar length (df sorted by source, band, time)."""
+    """Row -> batch number, grouping light curves of similar length (df sorted by source, band, time).
+
+    All bands of a source go to the same batch (multi-band searches see the whole source), sources
+    ordered by their longest light curve; a batch holds about ``batch_curves`` light curves."""
     keys = df[["source_id", "band"]]
     code = (keys.ne(keys.shift()).any(axis=1).cumsum().to_numpy() - 1) if len(df) else np.zeros(0, int)
     n_curves = int(code[-1]) + 1 if len(code) else 0
+    if not n_curves:
+        return code, 0
     sizes = np.bincount(code, minlength=n_curves)
-    rank = np.empty(n_curves, dtype=np.int64)
-    rank[np.argsort(sizes, kind="stable")] = np.arange(n_curves)
-    per_curve = rank // max(1, int(batch_curves))
-    return per_curve[code], int(per_curve.max()) + 1 if n_curves else 0
+    first = np.r_[0, np.flatnonzero(np.diff(code)) + 1]  # first row of each curve
+    sid = df["source_id"].to_numpy()[first]
+    src = np.r_[0, np.cumsum(sid[1:] != sid[:-1])]  # curve -> source (sources are contiguous)
+    n_src = int(src[-1]) + 1
+    longest = np.zeros(n_src, dtype=np.int64)
+    np.maximum.at(longest, src, sizes)
+    order = np.argsort(longest, kind="stable")
+    before = np.empty(n_src, dtype=np.int64)
+    before[order] = np.cumsum(np.bincount(src, minlength=n_src)[order]) - np.bincount(src, minlength=n_src)[order]
+    per_src = before // max(1, int(batch_curves))
+    _, per_src = np.unique(per_src, return_inverse=True)
+    per_curve = per_src[src]
+    return per_curve[code], int(per_curve.max()) + 1
 
 
 def partition_features(df: pd.DataFrame, stages: list, out_dir: str | Path, mask_flags: int = DEFAULT_MASK_FLAGS,
@@ -144,8 +169,36 @@ def partition_features(df: pd.DataFrame, stages: list, out_dir: str | Path, mask
         if dup:
             raise ValueError(f"stages produced the same column(s) twice: {dup}")
         pieces.append(merged)
+        combined = _source_rows(stages, batch, base, out_dir)
+        if combined is not None:
+            pieces.append(combined)
     out = pd.concat(pieces, ignore_index=True)
     return out.sort_values(["source_id", "band"], kind="mergesort").reset_index(drop=True)
+
+
+def _source_rows(stages: list, batch: LightCurveBatch, base: pd.DataFrame, out_dir: Path) -> pd.DataFrame | None:
+    """The ``band = "all"`` rows of the stages that search all bands of a source together
+    (``source_rows``): base columns summed (counts) or spanned (times) over the source's bands."""
+    found = [st for st in stages if callable(getattr(st, "source_rows", None))]
+    if not found:
+        return None
+    g = base.groupby("source_id", sort=False)
+    rows = pd.DataFrame({"n_obs": g.n_obs.sum(), "n_good": g.n_good.sum(), "time_min": g.time_min.min(),
+                         "time_max": g.time_max.max()})
+    rows.index.name = "source_id"
+    parts = []
+    for st in found:
+        res = st.source_rows(batch, out_dir)
+        if not isinstance(res, pd.DataFrame) or "source_id" not in res.columns:
+            raise ValueError(f"stage {st.name!r}: source_rows must return a DataFrame with a source_id column")
+        parts.append(res.set_index("source_id"))
+    cols = pd.Index([c for p in parts for c in p.columns])
+    if cols.duplicated().any() or cols.isin(BASE_COLUMNS).any():
+        raise ValueError(f"source_rows of the stages produced the same column(s) twice: "
+                         f"{cols[cols.duplicated() | cols.isin(BASE_COLUMNS)].tolist()}")
+    rows = rows.join(pd.concat(parts, axis=1, join="outer"), how="inner").reset_index()
+    rows.insert(1, "band", ALL_BANDS)
+    return rows  # possibly empty: its columns still enter the table (a stable schema across partitions)
 
 
 def _write_features(df: pd.DataFrame, path: Path, stamp: str | None = None) -> None:
@@ -238,7 +291,7 @@ class LightCurvePipeline:
     def run(self) -> dict:
         t0 = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        handle = open_store(self.input, **self.open_kwargs)
+        handle = open_lightcurves(self.input, **self.open_kwargs)
         part_dir = self.out_dir / "partitions"
         failures = list(handle.failures)
         todo, done = [], []
