@@ -51,7 +51,13 @@ def test_default_config_end_to_end(tmp_path):
                    "pipeline.progress=false"])
     assert s["n_lightcurves"] == 800 and s["n_partitions"] == 3 and s["n_failed"] == 0
     f = read_features(out)
-    assert len(f) == 800 and not f.duplicated(["source_id", "band"]).any()
+    assert (f.band != "all").sum() == 800 and not f.duplicated(["source_id", "band"]).any()
+    # one multi-band row per source (g and r together); the injected 17.3-d variables are found
+    allb = f[f.band == "all"].set_index("source_id")
+    assert s["n_combined"] == len(allb) == 400 and (allb.n_bands == 2).all()
+    var = allb[allb.index % 20 == 0]
+    assert (np.abs(var.period / 17.3 - 1) < 0.01).all() and var.period_candidate_multiband.all()
+    assert allb.period_candidate_multiband.mean() < 0.1
     # Features are exactly the indices of each curve.
     one = df[(df.source_id == 7) & (df.band == "r")].sort_values("time")
     ref = variability_indices(one.mag.to_numpy(), one.mag_err.to_numpy())
@@ -136,7 +142,7 @@ def test_csv_directory_with_bad_files_and_short_curves(tmp_path):
                    "pipeline.n_partitions=2", "pipeline.stages.indices.plots=false",
                    "pipeline.stages.excess.plots=false"])
     f = read_features(out)
-    assert len(f) == 61 and s["n_partitions"] == 2
+    assert (f.band != "all").sum() == 61 and s["n_partitions"] == 2 and s["n_combined"] == 30
     short = f[f.source_id == "star999"].iloc[0]
     assert short.n_obs == 1 and np.isnan(short["std"]) and short.indices_flag > 0
     assert s["cleaning"]["one_point_curves"] == 1
@@ -220,10 +226,13 @@ def test_field_and_lightcurves_pipelines_share_the_stage_configs():
 
     lc = stages("lightcurves", "pipeline.stages")
     field = stages("field", "pipeline.lightcurves.stages")
-    assert list(lc) == ["indices", "excess", "flares", "periodogram"]
+    # the field is one band: no multi-band search; survey light curves: no Astronet (3.5-d series)
+    assert list(lc) == ["indices", "excess", "flares", "periodogram", "multiband"]
     assert list(field) == ["indices", "excess", "flares", "periodogram", "astronet"]
-    diff = {(name, k): (lc[name].get(k), field[name].get(k)) for name in lc
+    shared = [n for n in lc if n in field]
+    diff = {(name, k): (lc[name].get(k), field[name].get(k)) for name in shared
             for k in set(lc[name]) | set(field[name]) if lc[name].get(k) != field[name].get(k)}
     assert diff == {("periodogram", "run_fmin_factor"): (2.0, 1.0), ("indices", "device"): ("cpu", "${device}")}
     assert stages("lightcurves_astronet", "pipeline.stages") == {
-        "indices": None, "excess": None, "flares": None, "periodogram": None, "astronet": field["astronet"]}
+        "indices": None, "excess": None, "flares": None, "periodogram": None, "multiband": None,
+        "astronet": field["astronet"]}

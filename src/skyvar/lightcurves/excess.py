@@ -156,6 +156,10 @@ class ExcessStage:
         n_col = "n_used" if "n_used" in features else "n_good"
         for band, sub in features.groupby("band", sort=True):
             eligible = sub[sub[n_col] >= self.min_points] if n_col in sub else sub
+            # rows without the index's magnitude (a multi-band search's band="all" rows) are not selected
+            eligible = eligible[np.isfinite(eligible[self.mag_column].to_numpy(dtype=float))]
+            if not len(eligible):
+                continue
             fits: dict[str, ExcessFit] = {}
             for idx, order in self.orders.items():
                 try:

@@ -305,10 +305,12 @@ def scan_power(S: np.ndarray, Y: np.ndarray, yy: float, model: str = "shared") -
     raise ValueError(f"unknown scan model {model!r} (shared | independent)")
 
 
-def scan(d: BandData, grid: FrequencyGrid, model: str = "shared", chunk: int = 1 << 18, eps: float = 1e-9,
+def scan(d: BandData, grid: FrequencyGrid, model: str = "shared", chunk: int = 1 << 18, eps: float = 1e-6,
          nthreads: int = 1) -> np.ndarray:
     """:func:`scan_power` of one source over ``grid`` (float32, ``(nf,)``), in frequency chunks so
-    that memory stays ``O(K x chunk)`` for grids of millions of frequencies."""
+    that memory stays ``O(K x chunk)`` for grids of millions of frequencies. The NUFFT tolerance
+    ``eps = 1e-6`` (twice as fast as 1e-9) is ample for finding peaks; the chosen peak's power is
+    recomputed exactly by direct sums."""
     out = np.empty(grid.nf, dtype=np.float32)
     for a in range(0, grid.nf, chunk):
         n = min(chunk, grid.nf - a)

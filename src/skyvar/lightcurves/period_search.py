@@ -374,6 +374,9 @@ class PeriodSearch:
         if len(runs):
             anyb = runs.groupby(key_runs).candidate_binned.any()
             features["period_candidate_binned"] = key_f.map(anyb).astype("boolean").fillna(False).to_numpy(bool)
+        else:  # rows this stage did not search (a multi-band search's band="all" rows) hold NaN here
+            features["period_candidate_binned"] = (
+                features["period_candidate_binned"].astype("boolean").fillna(False).to_numpy(bool))
         is_run = features.get("ls_mode", pd.Series("run", index=features.index)).astype(str) == "run"
         features["period_candidate"] = features["period_candidate_binned"] | (
             features["period_candidate_fap"] & ~is_run.to_numpy())

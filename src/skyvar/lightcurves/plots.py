@@ -53,6 +53,9 @@ def plot_index_distributions(features: pd.DataFrame, out_dir: Path, names: list[
     out_dir = Path(out_dir)
     written = []
     bands = sorted(features["band"].unique()) if "band" in features else [""]
+    if "band" in features:  # bands without any index value (band="all" rows of a multi-band search)
+        has = features[[n for n in names if n in features]].notna().any(axis=1).groupby(features["band"]).any()
+        bands = [b for b in bands if has.get(b, False)]
     ncol = 4
     nrow = int(np.ceil(len(names) / ncol))
     for band in bands:

@@ -331,7 +331,9 @@ class LightCurvePipeline:
         summary = {
             "input": str(self.input), "store_kind": handle.kind, "n_partitions": len(handle.partitions),
             "n_partitions_computed": len(new_paths), "n_partitions_resumed": len(done),
-            "n_failed": len(failures), "n_lightcurves": len(features),
+            "n_failed": len(failures),
+            "n_lightcurves": int((features["band"] != ALL_BANDS).sum()) if len(features) else 0,
+            "n_combined": int((features["band"] == ALL_BANDS).sum()) if len(features) else 0,
             "n_sources": int(features["source_id"].nunique()) if len(features) else 0,
             "stages": [s.name for s in self.stages], "features": str(self.out_dir / "lightcurve_features.parquet"),
             "cleaning": {k: v for k, v in handle.report.as_dict().items() if k not in ("messages", "source")},
