@@ -126,32 +126,50 @@ def sums_direct(d: BandData, freq: np.ndarray, H: int) -> tuple[np.ndarray, np.n
     return S, Y
 
 
+class NufftSums:
+    """The sums of :func:`sums_direct` on uniform grids ``fmin + j df``, ``j < n_modes``, by finufft
+    type-1 transforms: one plan per harmonic ``m`` (its points ``x_n = 2 pi m df t_n`` do not depend on
+    ``fmin``), reused for every chunk of a long grid (:func:`scan`)."""
+
+    def __init__(self, d: BandData, df: float, n_modes: int, H: int, eps: float = 1e-9, nthreads: int = 1):
+        import finufft
+
+        self.d, self.df, self.F, self.H = d, float(df), int(n_modes), int(H)
+        K, N = d.n_bands, d.t.size
+        onehot = np.zeros((K, N))
+        onehot[d.band, np.arange(N)] = 1.0
+        self.w_vec = onehot * d.w
+        self.wy_vec = self.w_vec * d.y
+        self.wsum = self.w_vec.sum(axis=1)
+        self.plans = {}
+        for m in range(1, 2 * H + 1):
+            n_trans = 2 * K if m <= H else K
+            plan = finufft.Plan(1, (self.F,), n_trans=n_trans, eps=eps, isign=1, nthreads=nthreads)
+            x = TWO_PI * (np.remainder(m * self.df * d.t + 0.5, 1.0) - 0.5)
+            plan.setpts(x)
+            self.plans[m] = (plan, np.concatenate([self.w_vec, self.wy_vec]) if m <= H else self.w_vec)
+
+    def __call__(self, fmin: float) -> tuple[np.ndarray, np.ndarray]:
+        K, F, H, t = self.d.n_bands, self.F, self.H, self.d.t
+        S = np.empty((2 * H + 1, K, F), dtype=np.complex128)
+        Y = np.zeros((H + 1, K, F), dtype=np.complex128)
+        S[0] = self.wsum[:, None]
+        half = F // 2
+        for m, (plan, vec) in self.plans.items():
+            # sum_n c_n exp(i 2 pi m (f0 + j df) t_n), j = 0..F-1, is finufft's sum over k = j - F//2 of
+            # c'_n exp(i k x_n) with x_n = 2 pi m df t_n and c'_n = c_n exp(i 2 pi m (f0 + (F//2) df) t_n)
+            shift = np.exp(1j * TWO_PI * np.remainder(m * (fmin + half * self.df) * t, 1.0))
+            out = plan.execute(np.ascontiguousarray(vec * shift, dtype=np.complex128))
+            S[m] = out[:K]
+            if m <= H:
+                Y[m] = out[K:]
+        return S, Y
+
+
 def sums_nufft(d: BandData, grid: FrequencyGrid, H: int, eps: float = 1e-9,
                nthreads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Same as :func:`sums_direct` on the uniform ``grid``, by finufft type-1 transforms (one per harmonic)."""
-    import finufft
-
-    K, F, N = d.n_bands, grid.nf, d.t.size
-    S = np.zeros((2 * H + 1, K, F), dtype=np.complex128)
-    Y = np.zeros((H + 1, K, F), dtype=np.complex128)
-    wsum = np.bincount(d.band, weights=d.w, minlength=K)
-    S[0] = wsum[:, None]
-    onehot = np.zeros((K, N))
-    onehot[d.band, np.arange(N)] = 1.0
-    half = F // 2
-    for m in range(1, 2 * H + 1):
-        # sum_n c_n exp(i 2 pi m (f0 + j df) t_n), j = 0..F-1, is finufft's sum over k = j - F//2 of
-        # c'_n exp(i k x_n) with x_n = 2 pi m df t_n and c'_n = c_n exp(i 2 pi m (f0 + (F//2) df) t_n)
-        cyc = m * grid.df * d.t
-        x = TWO_PI * (np.remainder(cyc + 0.5, 1.0) - 0.5)
-        shift = np.exp(1j * TWO_PI * np.remainder(m * (grid.fmin + half * grid.df) * d.t, 1.0))
-        vec = [onehot * d.w] + ([onehot * d.w * d.y] if m <= H else [])
-        c = (np.concatenate(vec, axis=0) * shift).astype(np.complex128)
-        out = finufft.nufft1d1(x, c, n_modes=F, eps=eps, isign=1, nthreads=nthreads)
-        S[m] = out[:K]
-        if m <= H:
-            Y[m] = out[K:]
-    return S, Y
+    return NufftSums(d, grid.df, grid.nf, H, eps, nthreads)(grid.fmin)
 
 
 # ------------------------------------------------------------------------------------ power
@@ -305,18 +323,22 @@ def scan_power(S: np.ndarray, Y: np.ndarray, yy: float, model: str = "shared") -
     raise ValueError(f"unknown scan model {model!r} (shared | independent)")
 
 
-def scan(d: BandData, grid: FrequencyGrid, model: str = "shared", chunk: int = 1 << 18, eps: float = 1e-6,
+def scan(d: BandData, grid: FrequencyGrid, model: str = "shared", chunk: int = 1 << 12, eps: float = 1e-6,
          nthreads: int = 1) -> np.ndarray:
     """:func:`scan_power` of one source over ``grid`` (float32, ``(nf,)``), in frequency chunks so
-    that memory stays ``O(K x chunk)`` for grids of millions of frequencies. The NUFFT tolerance
-    ``eps = 1e-6`` (twice as fast as 1e-9) is ample for finding peaks; the chosen peak's power is
-    recomputed exactly by direct sums."""
+    that memory stays ``O(K x chunk)`` for grids of millions of frequencies. Small chunks stay in the
+    cache (2^12 is ~2.5x faster than 2^18 on our CPU) and one NUFFT plan per harmonic serves every
+    chunk. The NUFFT tolerance ``eps = 1e-6`` (twice as fast as 1e-9) is ample for finding peaks;
+    the chosen peak's power is recomputed exactly by direct sums."""
+    if model not in ("shared", "independent"):
+        raise ValueError(f"unknown scan model {model!r} (shared | independent)")
     out = np.empty(grid.nf, dtype=np.float32)
-    for a in range(0, grid.nf, chunk):
-        n = min(chunk, grid.nf - a)
-        sub = FrequencyGrid(grid.fmin + a * grid.df, grid.df, n)
-        S, Y = sums_nufft(d, sub, 1, eps=eps, nthreads=nthreads)
-        out[a:a + n] = scan_power(S, Y, d.yy, model)
+    n = min(int(chunk), grid.nf)
+    sums = NufftSums(d, grid.df, n, 1, eps, nthreads)
+    for a in range(0, grid.nf, n):
+        S, Y = sums(grid.fmin + a * grid.df)
+        m = min(n, grid.nf - a)  # the last chunk runs past fmax: its tail is dropped
+        out[a:a + m] = scan_power(S[:, :, :m], Y[:, :, :m], d.yy, model)
     return out
 
 
