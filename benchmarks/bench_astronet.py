@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from _common import Timer, device_info, print_table  # noqa: E402
 
@@ -97,7 +98,12 @@ def main() -> None:
         simulate_csst_lightcurves(sim)
     cfg = ViewConfig(device=a.device, min_depth_snr=5.0)
     predictor = None
-    ck = Path(a.checkpoint)
+    from skyvar.models.registry import checkpoint_path
+
+    try:  # a release name (astronet-csst) or a file
+        ck = checkpoint_path(a.checkpoint)
+    except Exception:
+        ck = Path(a.checkpoint)
     if ck.exists():
         from skyvar.models.astronet_module import load_astronet
 
@@ -170,14 +176,29 @@ def main() -> None:
     k = max(len(rows), 1)
     big = {"bls": f"skyvar torch, full run (batches of {cfg.bls_chunk})", "n": n, "phase bins / duration":
            cfg.bins_per_duration, "wall_ms_per_curve": 1e3 * per["bls"], "cpu_ms_per_curve": 1e3 * c["bls"] / max(n, 1),
-           "same period as skyvar": ""}
+           "same period as skyvar": "", "true period recovered": ""}
     peer = [{"bls": "skyvar torch (batched)", "n": len(rows), "phase bins / duration": cfg.bins_per_duration,
-             "wall_ms_per_curve": 1e3 * tq.s / k, "cpu_ms_per_curve": 1e3 * tq.cpu / k, "same period as skyvar": 1.0}]
+             "wall_ms_per_curve": 1e3 * tq.s / k, "cpu_ms_per_curve": 1e3 * tq.cpu / k, "same period as skyvar": ""}]
+    # agreement only where there is a dip to find (skyvar's depth S/N above the Astronet gate); on
+    # noise the highest BLS peak is arbitrary for any method. Recovery: within 1 % of the simulated
+    # period or half of it (equal eclipses), over the periodic variables among the peer curves.
+    sig = np.nan_to_num(ours.depth_snr) >= cfg.min_depth_snr
+    labels = pd.read_parquet(work / "lc" / "labels.parquet").set_index("source_id")
+    p_true = labels.period.reindex(g.source_id[rows]).to_numpy(dtype=float)
+    periodic = labels.periodic.reindex(g.source_id[rows]).fillna(False).to_numpy(bool) & np.isfinite(p_true)
+
+    def recovered(per_found):
+        r = per_found / p_true
+        return f"{int(np.sum(periodic & ((np.abs(r - 1) < 0.01) | (np.abs(2 * r - 1) < 0.01))))}/{int(periodic.sum())}"
+
+    peer[0]["true period recovered"] = recovered(ours.period)
     for label, (tp, per_p, os_) in peers.items():
-        same = np.isclose(per_p, ours.period, rtol=1e-3) | (np.isnan(per_p) & np.isnan(ours.period))
+        same = np.isclose(per_p, ours.period, rtol=1e-3)[sig]
         peer.append({"bls": f"astropy BoxLeastSquares (per curve), {label}", "n": len(rows),
                      "phase bins / duration": os_, "wall_ms_per_curve": 1e3 * tp.s / k,
-                     "cpu_ms_per_curve": 1e3 * tp.cpu / k, "same period as skyvar": float(np.mean(same))})
+                     "cpu_ms_per_curve": 1e3 * tp.cpu / k,
+                     "same period as skyvar": f"{int(same.sum())}/{int(sig.sum())} with a dip",
+                     "true period recovered": recovered(per_p)})
     matched = peer[1]["cpu_ms_per_curve"]
     for r in (big, *peer):
         r["astropy_matched_cpu_ratio"] = matched / max(r["cpu_ms_per_curve"], 1e-9)
