@@ -147,10 +147,10 @@ def main() -> None:
             t["network"] += tn.s
             c["network"] += tn.cpu
         if peer_batch is None:
-            peer_batch = (g, rows[: a.peer_n])
+            peer_batch = (g, rows[: a.peer_n], np.asarray(batch.source_id)[rows[: a.peer_n]])
         print(f"  {n} light curves ...", flush=True)
     # peers: astropy per curve on the same grid of periods and durations, matched and 5x finer phase bins
-    g, rows = peer_batch
+    g, rows, peer_ids = peer_batch
     tcfg = dataclasses.replace(cfg, method="torch")
     with CpuTimer() as tq:
         ours = bls_search(g.time, g.flux[rows], g.ivar[rows], tcfg)
@@ -184,8 +184,8 @@ def main() -> None:
     # period or half of it (equal eclipses), over the periodic variables among the peer curves.
     sig = np.nan_to_num(ours.depth_snr) >= cfg.min_depth_snr
     labels = pd.read_parquet(work / "lc" / "labels.parquet").set_index("source_id")
-    p_true = labels.period.reindex(g.source_id[rows]).to_numpy(dtype=float)
-    periodic = labels.periodic.reindex(g.source_id[rows]).fillna(False).to_numpy(bool) & np.isfinite(p_true)
+    p_true = labels.period.reindex(peer_ids).to_numpy(dtype=float)
+    periodic = labels.periodic.reindex(peer_ids).fillna(False).to_numpy(bool) & np.isfinite(p_true)
 
     def recovered(per_found):
         r = per_found / p_true

@@ -17,7 +17,7 @@ Methods, all on the same frequency grid (spacing ``1/(5 T)``, ``T`` the star's b
   Python loop makes it ~100x slower).
 
 Grids: ``--grid rr`` is 0.2-1.2 d (the RR Lyrae range the issue's astropy numbers use); ``--grid
-survey`` is skyvar's default survey grid (0.02-50 d^-1, 29 min to 50 d), where the aliases have
+survey`` is skyvar's default survey grid (2/T-50 d^-1: 29 min to half the baseline), where the aliases have
 more room. ``--features D/lightcurve_features.parquet`` also scores the ``band = "all"`` rows a
 ``pipeline=lightcurves`` run wrote.
 
@@ -96,7 +96,7 @@ def main() -> None:
     ref, curves = load(data)
     ids = [s for s in ref.index if s in curves][: a.n]
     fmin, fmax = GRIDS[a.grid]
-    print(f"{len(ids)} stars, grid {a.grid} ({'0.2-1.2 d' if a.grid == 'rr' else '0.02-50 d^-1'}), "
+    print(f"{len(ids)} stars, grid {a.grid} ({'0.2-1.2 d' if a.grid == 'rr' else '2/T-50 d^-1'}), "
           f"spacing 1/(5 T)")
     found = {k: {} for k in ("skyvar multi-band search", "skyvar scan only (top peak)", "astropy LombScargle r",
                              "astropy LombScargleMultiband fast", "astropy LombScargleMultiband flexible")}

@@ -185,7 +185,7 @@ SHARED_S82 = Path(__file__).resolve().parents[3] / "shared" / "data" / "lightcur
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_S82.exists(), reason="needs ../shared/data/lightcurves/sdss_s82_rrlyrae")
 def test_s82_sample_periods_within_one_percent():
-    """The issue's target on the real sample (default survey grid 0.02-50 d^-1): >= 92 % within 1 %."""
+    """The issue's target on the real sample (default survey grid 2/T-50 d^-1): >= 92 % within 1 %."""
     import zlib
 
     from skyvar.lightcurves.readers import open_lightcurves, read_reference_periods

@@ -8,10 +8,12 @@ a night) leave the true frequency ``f`` and its daily aliases ``f +- 1, f +- 2 d
 1. **Scan**: the shared-phase multi-band Lomb-Scargle periodogram (VanderPlas & Ivezic 2015,
    ``nterms_base = 1, nterms_band = 0``: one sinusoid of common phase plus an offset per band; see
    :mod:`skyvar.lightcurves.multiband`) over the survey grid of :func:`~skyvar.lightcurves.grids.
-   survey_grid` (spacing ``1/(5T)`` from the baseline, ends from the cadence or given), evaluated
-   with non-uniform FFTs. Its ``n_candidates`` highest distinct peaks are the candidates: on the
-   Stripe 82 RR Lyrae (default grid 0.02-50 d^-1) the published period is among the top 10 peaks for
-   99 % of the stars, but the highest for only 67 % (a daily alias wins the others).
+   survey_grid` (spacing ``1/(5T)`` from the baseline, ends from the cadence or given; by default
+   from ``2/T``, so that a trend or a period longer than the survey's seasons is found as what it is
+   instead of as its 1 d^-1 alias near 1 d), evaluated with non-uniform FFTs. Its ``n_candidates``
+   highest distinct peaks are the candidates: on the Stripe 82 RR Lyrae (default grid 2/T-50 d^-1)
+   the published period is among the top 10 peaks for 99 % of the stars, but the highest for only
+   67 % (a daily alias wins the others).
 2. **Alias re-ranking**: each candidate is refined on a finer local grid and scored with a richer
    model, ``nterms_band`` harmonics free in every band (``(nterms_base, nterms_band) = (0, 4)`` by
    default) on the candidate's refined frequency; the candidate with the largest power (the smallest
@@ -71,7 +73,7 @@ def band_cadence(d: BandData) -> float:
 
 
 def search_multiband(t, y, band, dy=None, *, fmin: float | None = None, fmax: float | None = None,
-                     oversample: float = 5.0, survey_fmin: float = 0.02, survey_fmax: float = 50.0,
+                     oversample: float = 5.0, survey_fmin: float = 0.0, survey_fmax: float = 50.0,
                      cadence_limit: float = 0.02, scan_model: str = "shared", n_candidates: int = 10,
                      nterms_base: int = 0, nterms_band: int = 4, refine: int = 9, amp_nterms: int = 4,
                      min_band_points: int = 5, min_points: int = 20, nthreads: int = 1,
@@ -161,7 +163,7 @@ class MultibandPeriodSearch:
 
     def __init__(self, name: str = "multiband", min_bands: int = 2, min_band_points: int = 5,
                  min_points: int = 20, fmin: float | None = None, fmax: float | None = None,
-                 oversample: float = 5.0, survey_fmin: float = 0.02, survey_fmax: float = 50.0,
+                 oversample: float = 5.0, survey_fmin: float = 0.0, survey_fmax: float = 50.0,
                  cadence_limit: float = 0.02, scan_model: str = "shared", n_candidates: int = 10,
                  nterms_base: int = 0, nterms_band: int = 4, refine: int = 9, amp_nterms: int = 4,
                  use_errors: bool = True, fap_threshold: float = 1e-3, plots: bool = True, n_plots: int = 12,
