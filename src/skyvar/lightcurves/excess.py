@@ -4,8 +4,9 @@ A variability index of non-variable stars (``robust_std``, ``inv_eta``) follows 
 set by the photometric precision. Per magnitude bin (default 0.2 mag, light curves with >= 20
 epochs) take the median of the index and its scatter σ; the threshold is ``median + n_sigma·σ``
 (default 10σ). Fit the bin medians and the bin thresholds against the bin centres with polynomials
-(5th order for robust std, 3rd for 1/η as in the paper) and select the light curves above the fitted
-threshold at their median magnitude. σ per bin is robust by default (1.4826·MAD, so the variables
+(5th order for robust std, 3rd for 1/η as in the paper; in log10 of the index by default, see
+:func:`fit_excess`) and select the light curves above the fitted threshold at their median
+magnitude. σ per bin is robust by default (1.4826·MAD, so the variables
 being searched for do not inflate their own threshold); ``scatter="std"`` uses the plain standard
 deviation. Polynomials are evaluated only inside the fitted magnitude range (clamped at its ends), as
 a polynomial extrapolated beyond its data is meaningless. Bands are fitted separately.
@@ -43,15 +44,20 @@ class ExcessFit:
     median_poly: Polynomial
     threshold_poly: Polynomial
     mag_range: tuple[float, float]
+    space: str = "linear"  # the polynomials model the values ("linear") or their log10 ("log")
 
     def _clamp(self, mag):
         return np.clip(np.asarray(mag, dtype=float), *self.mag_range)
 
+    def _value(self, poly, mag):
+        v = poly(self._clamp(mag))
+        return 10.0 ** v if self.space == "log" else v
+
     def median_at(self, mag) -> np.ndarray:
-        return self.median_poly(self._clamp(mag))
+        return self._value(self.median_poly, mag)
 
     def threshold_at(self, mag) -> np.ndarray:
-        return self.threshold_poly(self._clamp(mag))
+        return self._value(self.threshold_poly, mag)
 
     def sigma_at(self, mag) -> np.ndarray:
         return (self.threshold_at(mag) - self.median_at(mag)) / self.n_sigma
@@ -69,7 +75,7 @@ class ExcessFit:
     def to_dict(self) -> dict:
         return {
             "index": self.index, "order": self.order, "n_sigma": self.n_sigma, "bin_size": self.bin_size,
-            "scatter": self.scatter, "mag_range": list(self.mag_range),
+            "scatter": self.scatter, "space": self.space, "mag_range": list(self.mag_range),
             "bin_center": self.bin_center.tolist(), "bin_median": self.bin_median.tolist(),
             "bin_sigma": self.bin_sigma.tolist(), "bin_count": self.bin_count.tolist(),
             "median_coef": self.median_poly.convert().coef.tolist(),
@@ -78,14 +84,23 @@ class ExcessFit:
 
 
 def fit_excess(mag, value, order: int = 5, bin_size: float = 0.2, n_sigma: float = 10.0, min_per_bin: int = 10,
-               scatter: str = "mad", index: str = "index") -> ExcessFit:
-    """Fit the median and the ``n_sigma`` excess of ``value`` against ``mag`` per bin with polynomials."""
+               scatter: str = "mad", index: str = "index", space: str = "log") -> ExcessFit:
+    """Fit the median and the ``n_sigma`` excess of ``value`` against ``mag`` per bin with polynomials.
+
+    ``space="log"`` (default) fits the polynomials to log10 of the bin medians and thresholds: scatter
+    indices span decades between bright and faint stars, and a 5th-order polynomial in linear units
+    rings where they rise steeply (near the detection limit), dipping below the median and selecting
+    thousands of constant stars in a ZTF-like field (docs/results/variability.md, Figure 2). Falls
+    back to ``"linear"`` when a bin median or threshold is not positive. The paper does not say
+    which; its Figure 2 plots both indices on log axes."""
     mag = np.asarray(mag, dtype=float)
     value = np.asarray(value, dtype=float)
     ok = np.isfinite(mag) & np.isfinite(value)
     mag, value = mag[ok], value[ok]
     if scatter not in ("mad", "std"):
         raise ValueError(f"scatter must be 'mad' or 'std', got {scatter!r}")
+    if space not in ("log", "linear"):
+        raise ValueError(f"space must be 'log' or 'linear', got {space!r}")
     if not len(mag):
         raise ValueError(f"no finite ({index}, magnitude) pairs to fit")
     edges0 = np.floor(mag.min() / bin_size) * bin_size
@@ -105,11 +120,15 @@ def fit_excess(mag, value, order: int = 5, bin_size: float = 0.2, n_sigma: float
     centers = edges0 + (use.to_numpy() + 0.5) * bin_size
     bm, bs, bc = med[use].to_numpy(), sig[use].to_numpy(), count[use].to_numpy()
     thr = bm + n_sigma * bs
-    pm = Polynomial.fit(centers, bm, order)
-    pt = Polynomial.fit(centers, thr, order)
+    if space == "log" and not (np.all(bm > 0) and np.all(thr > 0)):
+        log.info("%s: non-positive bin medians: excess polynomials fitted in linear units", index)
+        space = "linear"
+    tf = np.log10 if space == "log" else (lambda v: v)
+    pm = Polynomial.fit(centers, tf(bm), order)
+    pt = Polynomial.fit(centers, tf(thr), order)
     return ExcessFit(index=index, order=order, n_sigma=float(n_sigma), bin_size=float(bin_size), scatter=scatter,
                      bin_center=centers, bin_median=bm, bin_sigma=bs, bin_count=bc, median_poly=pm,
-                     threshold_poly=pt, mag_range=(float(centers.min()), float(centers.max())))
+                     threshold_poly=pt, mag_range=(float(centers.min()), float(centers.max())), space=space)
 
 
 def select_excess(mag, value, fit: ExcessFit) -> tuple[np.ndarray, np.ndarray]:
@@ -130,13 +149,14 @@ class ExcessStage:
 
     def __init__(self, orders: dict | None = None, bin_size: float = 0.2, n_sigma: float = 10.0,
                  min_points: int = 20, min_per_bin: int = 10, scatter: str = "mad", mag_column: str = "median_mag",
-                 plots: bool = True):
+                 plots: bool = True, space: str = "log"):
         self.orders = dict(orders or PAPER_ORDERS)
         self.bin_size = float(bin_size)
         self.n_sigma = float(n_sigma)
         self.min_points = int(min_points)
         self.min_per_bin = int(min_per_bin)
         self.scatter = scatter
+        self.space = space
         self.mag_column = mag_column
         self.plots = plots
 
@@ -165,7 +185,7 @@ class ExcessStage:
                 try:
                     fit = fit_excess(eligible[self.mag_column], eligible[idx], order=order, bin_size=self.bin_size,
                                      n_sigma=self.n_sigma, min_per_bin=self.min_per_bin, scatter=self.scatter,
-                                     index=idx)
+                                     index=idx, space=self.space)
                 except ValueError as e:
                     log.warning("excess selection skipped for band %r, %s: %s", band, idx, e)
                     continue
