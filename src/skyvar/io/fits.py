@@ -76,6 +76,63 @@ class Frame:
     def mag_to_flux(self, mag: np.ndarray) -> np.ndarray:
         return self.exptime * 10 ** (-0.4 * (np.asarray(mag, dtype=float) - self.zp))
 
+    def to_ccddata(self):
+        """The frame as an ``astropy.nddata.CCDData`` in electrons: the mask as a boolean array (any
+        bit set), the uncertainty as the per-pixel Poisson + read-noise standard deviation, the WCS and
+        header carried over (``EXPTIME``, ``GAIN=1`` since the data are in electrons, ``ZP``, ``MJD-AVG``)."""
+        from astropy import units as u
+        from astropy.nddata import CCDData, StdDevUncertainty
+
+        hdr = self.header.copy()
+        hdr["EXPTIME"], hdr["GAIN"], hdr["RDNOISE"], hdr["ZP"] = self.exptime, 1.0, self.rdnoise, self.zp
+        if np.isfinite(self.mjd):
+            hdr["MJD-AVG"] = self.mjd
+        var = np.clip(self.data, 0, None).astype(np.float64) + self.rdnoise**2
+        return CCDData(self.data, unit=u.electron, mask=self.mask != 0, wcs=self.wcs, meta=hdr,
+                       uncertainty=StdDevUncertainty(np.sqrt(var).astype(np.float32)))
+
+    @classmethod
+    def from_ccddata(cls, ccd, zp: float | None = None, rdnoise: float | None = None, filter: str | None = None):
+        """A Frame from an ``astropy.nddata.CCDData`` (unit electron, or adu with ``GAIN`` in its meta).
+        Header keys fill what is not given; the time comes from :func:`mid_exposure_mjd`."""
+        from astropy import units as u
+
+        hdr = fits.Header(ccd.meta) if not isinstance(ccd.meta, fits.Header) else ccd.meta.copy()
+        gain = float(hdr.get("GAIN", 1.0))
+        if ccd.unit is None:
+            raise FrameError("CCDData without a unit: give electron or adu (with GAIN in the meta)")
+        if ccd.unit.is_equivalent(u.electron):
+            data = np.asarray(ccd.data, np.float32) * np.float32(ccd.unit.to(u.electron))
+            gain_applied = 1.0
+        elif ccd.unit.is_equivalent(u.adu):
+            data = np.asarray(ccd.data, np.float32) * np.float32(gain)
+            gain_applied = gain
+        else:
+            raise FrameError(f"CCDData in {ccd.unit}: skyvar frames need electron or adu")
+        mask = np.zeros(data.shape, np.uint8)
+        if ccd.mask is not None:
+            mask[np.asarray(ccd.mask, bool)] |= MASK_BAD
+        bad = ~np.isfinite(data)
+        mask[bad] |= MASK_BAD
+        data[bad] = 0.0
+        if "EXPTIME" not in hdr:
+            raise FrameError("CCDData meta has no EXPTIME: magnitudes would be wrong; set meta['EXPTIME']")
+        exptime = float(hdr["EXPTIME"])
+        wcs = ccd.wcs
+        if wcs is None:  # CCDData built from an array and a header keeps the WCS only in the header
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FITSFixedWarning)
+                try:
+                    wcs = WCS(hdr, naxis=2)
+                except Exception:
+                    wcs = None
+        wcs = wcs if wcs is not None and wcs.has_celestial else None
+        return cls(data=data, mask=mask, header=hdr, exptime=exptime, gain=gain_applied,
+                   rdnoise=float(rdnoise if rdnoise is not None else hdr.get("RDNOISE", 0.0)),
+                   zp=float(zp if zp is not None else hdr.get("ZP", DEFAULT_ZP)),
+                   mjd=mid_exposure_mjd(hdr, exptime), filter=str(filter or hdr.get("FILTER", "unknown")),
+                   wcs=wcs)
+
     def pixel_to_world(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """RA, Dec in degrees of 0-indexed pixel positions (NaN without a WCS)."""
         x = np.asarray(x, dtype=float)

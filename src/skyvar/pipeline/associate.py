@@ -26,6 +26,8 @@ log = get_logger(__name__)
 
 
 class AssociatePipeline:
+    """Per-frame catalogues -> the partitioned light-curve store and the source list (module doc)."""
+
     def __init__(self, input: str | list, out_dir: str, radius_arcsec: float = 1.0,
                  radius_pix: float | None = None, pixel_scale: float | None = None, n_partitions: int = 16,
                  n_candidates: int = 3, read_threads: int = 2, flush_rows: int = 5_000_000,

@@ -25,6 +25,8 @@ log = get_logger(__name__)
 
 
 class DetectPipeline:
+    """Frames -> per-frame catalogues with any detector -> (with truth) the evaluation report."""
+
     def __init__(
         self,
         detector: Detector,

@@ -458,7 +458,17 @@ class FieldSimulation:
         return t
 
 
-def simulate_field(cfg: FieldSimConfig) -> FieldSimulation:
+def simulate_field(cfg: FieldSimConfig | None = None, **overrides) -> FieldSimulation:
+    """A CSST-like dense field (catalogue, PSF, variables) ready to render epochs in memory:
+    ``sim = simulate_field(size=256, seed=1); img, mask, header = sim.render_epoch(0)`` (electrons, the
+    header as written to FITS). Keys of :class:`FieldSimConfig` may be given as keyword arguments;
+    :func:`simulate_field_to_disk` writes frames and truth instead."""
+    if cfg is None:
+        cfg = FieldSimConfig()
+    if overrides:
+        from skyvar.utils.config import config_from_dotlist
+
+        cfg = config_from_dotlist(FieldSimConfig, base={**dataclasses.asdict(cfg), **overrides})
     return FieldSimulation(cfg)
 
 
