@@ -306,6 +306,8 @@ class EvaluationResult:
     models: dict  # {band: {param: model}} of the paper-design subset
     n_train: int
     n_test: int
+    #: paper-design test light curves flagged at thresholds[0], by var_type (standard stars: false positives)
+    by_type: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 def _fit_score(tr: pd.DataFrame, te: pd.DataFrame, parameters, columns, window, all_model, seed, n_threads):
@@ -348,7 +350,8 @@ def evaluate(features: pd.DataFrame, labels: pd.DataFrame, out_dir, parameters=P
     out_dir = Path(out_dir)
     columns = {**PAPER_COLUMNS, **(columns or {})}
     match_keys = {**MATCH_KEYS, **(match_keys or {})}
-    df = features.merge(labels[["source_id", "label"]], on="source_id", how="inner", validate="many_to_one")
+    lab_cols = ["source_id", "label"] + (["var_type"] if "var_type" in labels else [])
+    df = features.merge(labels[lab_cols], on="source_id", how="inner", validate="many_to_one")
     if bands:
         df = df[df["band"].isin(bands)]
     if not len(df):
@@ -366,7 +369,7 @@ def evaluate(features: pd.DataFrame, labels: pd.DataFrame, out_dir, parameters=P
     groups = [(b, (df["band"] == b).to_numpy()) for b in band_list] if per_band else \
         [("+".join(band_list), np.ones(len(df), bool))]
 
-    rows1, rows2, aucs, curves, all_models = [], [], [], [], {}
+    rows1, rows2, aucs, curves, all_models, by_type = [], [], [], [], {}, []
     n_tr_all = n_te_all = 0
     fig_data = {}
     for band, in_band in groups:
@@ -398,6 +401,14 @@ def evaluate(features: pd.DataFrame, labels: pd.DataFrame, out_dir, parameters=P
                 aucs.append({**base, "auc": a})
                 if subset == "all":
                     curves.append(threshold_curves(p, y_te).assign(band=band, parameter=name))
+            if subset == "all" and "var_type" in te:
+                vt = te["var_type"].to_numpy()
+                for name, p in scores.items():
+                    hit = np.nan_to_num(np.asarray(p, float), nan=-1.0) >= thresholds[0]
+                    for t in sorted(set(vt)):
+                        sel = vt == t
+                        by_type.append({"band": band, "parameter": name, "var_type": t, "n": int(sel.sum()),
+                                        "fraction_flagged": float(hit[sel].mean())})
             if subset == "all":
                 all_models[band] = {k_: m for k_, m in models.items() if k_ != ALL_MODEL}
                 fig_data[band] = (tr, scores, y_te, models.get(ALL_MODEL))
@@ -407,11 +418,11 @@ def evaluate(features: pd.DataFrame, labels: pd.DataFrame, out_dir, parameters=P
         raise ValueError("no band/subset had both classes in training and test")
     res = EvaluationResult(pd.DataFrame(rows1), pd.DataFrame(rows2), pd.DataFrame(aucs),
                            pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), all_models,
-                           n_tr_all, n_te_all)
+                           n_tr_all, n_te_all, pd.DataFrame(by_type))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, t in (("table1.csv", res.table1), ("table2.csv", res.table2), ("auc.csv", res.auc),
-                    ("curves.csv", res.curves)):
+                    ("curves.csv", res.curves), ("recall_by_type.csv", res.by_type)):
         with atomic_path(out_dir / name) as tmp:
             t.to_csv(tmp, index=False, float_format="%.4f")
     if all_models:
@@ -474,6 +485,15 @@ def tables_markdown(res: EvaluationResult, thresholds=(0.68, 0.95)) -> str:
                     sizes.append(f"{names[s]} {int(m.n_test.iloc[0])} (±{0.5 / np.sqrt(max(m.n_test.iloc[0], 1)):.2f})")
             out.append("\nMatched test subsets (light curves, half variables; accuracy ± binomial 1σ): "
                        + "; ".join(sizes) + ".")
+        out.append("")
+        bt = res.by_type[(res.by_type.band == band)] if len(res.by_type) else res.by_type
+        if len(bt):
+            out.append("")
+            for name in ("Q2", "iter_std", ALL_MODEL):
+                x = bt[bt.parameter == name]
+                if len(x):
+                    out.append(f"Flagged at P ≥ {thresholds[0]} by {name}, per type (test light curves): " + ", ".join(
+                        f"{r.var_type} {r.fraction_flagged:.2f} ({r.n})" for r in x.itertuples()) + ".")
         out.append("")
         b2 = t2[(t2.band == band) & (t2.subset == "all")]
         out.append(f"**Table 2, {band} band** (P ≥ {thresholds[1]}; paper-design sample; ours / paper)\n")
