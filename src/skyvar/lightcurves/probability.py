@@ -695,6 +695,7 @@ def plot_sample(diag: pd.DataFrame, features: pd.DataFrame, labels: pd.DataFrame
         for lab, name, c in cls:
             ax.hist(f[f.label == lab][col], bins=bins, histtype="step", color=c, label=name)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_xlabel(f"{col} (g and r)")
     axes[0].legend(fontsize=8)
     fig.suptitle("Figure 4: Q and Q2 by class")
