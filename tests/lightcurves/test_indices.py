@@ -301,3 +301,11 @@ def test_coarse_rounding_is_flagged_not_hidden():
     # a few widely spread points with small errors have wide gaps but no ties: not a grid
     sparse = variability_indices(15 + rng.normal(0, 1.0, 8), np.full(8, 0.002))
     assert not int(sparse["flag"]) & FLAG_QUANTISED
+
+
+def test_index_flags_match_the_registry():
+    from skyvar import flags
+    from skyvar.lightcurves import indices
+
+    for name in ("BAD_POINTS", "ZERO_SCATTER", "ITER_NOT_CONVERGED", "NO_ERRORS", "QUANTISED"):
+        assert getattr(indices, f"FLAG_{name}") == int(getattr(flags.IndexFlag, name))

@@ -85,7 +85,7 @@ FLAG_BAD_POINTS = 1 << 20  # non-finite magnitudes / non-finite or non-positive 
 FLAG_ZERO_SCATTER = 1 << 21  # all valid magnitudes equal: moments and inv_eta undefined
 FLAG_ITER_NOT_CONVERGED = 1 << 22  # iter_std hit max_clip_iters before converging
 FLAG_NO_ERRORS = 1 << 23  # mag_err not given: Q, Q1, Q2 are NaN
-FLAG_QUANTISED = 1 << 24  # magnitudes on a grid whose step gives Q >= 1 by itself: Q, Q1, Q2 unreliable
+FLAG_QUANTISED = 1 << 24  # magnitudes on a grid whose step gives Q >= 1 by itself (skyvar.flags.IndexFlag)
 
 IQR_TO_SIGMA = 1.3489795003921634
 # CPU tensors take numpy's faster sorts and isfinite; False forces the pure-torch (GPU) code paths.
