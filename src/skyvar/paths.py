@@ -101,8 +101,10 @@ def resolve(path: str | os.PathLike, must_exist: bool = False) -> Path:
     """A user-given path: as given (absolute, or relative to the current directory) when it exists,
     else relative to the work root when that exists; else as given (or FileNotFoundError)."""
     p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
+    if p.is_absolute():
         return p
+    if p.exists():
+        return p.absolute()
     q = root() / p
     if q.exists():
         return q

@@ -314,7 +314,11 @@ class PNetDetector(Detector):
         self.name = name
         from skyvar.models.registry import checkpoint_path
 
-        ck = checkpoint_path(checkpoint or DEFAULT_CHECKPOINT)
+        try:
+            ck = checkpoint_path(checkpoint or DEFAULT_CHECKPOINT)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"PNet checkpoint {checkpoint} not found (train one with `skyvar train model=pnet` "
+                                    f"or pass detector.checkpoint=...): {e}") from None
         self.checkpoint = ck
         self.device = torch.device(resolve_device(device))
         self.net, self.meta = load_pnet(ck, "cpu")

@@ -91,6 +91,8 @@ def group_stars(ra, dec, radius_arcsec: float = 3.0) -> np.ndarray:
 
 
 class BinarySpectraPipeline:
+    """Single-epoch LAMOST LRS files -> SpecNet binary probabilities (see the module documentation)."""
+
     def __init__(self, model: str, input: Any, out_dir: str, truth: str | None = None, device: str = "auto",
                  batch_size: int = 256, calibrated: bool = True, min_snr: float = 20.0,
                  star_match_radius: float = 3.0, fgk_only_flag: bool = True):
