@@ -359,25 +359,28 @@ def top_peaks(power: np.ndarray, n: int, half_width: int = 2) -> np.ndarray:
 
 def fit_bands(d: BandData, freq: float, nterms: int) -> dict:
     """Independent ``nterms``-harmonic fit of each band at ``freq`` (d^-1): per band the number of
-    harmonics actually used (fewer when the band has few points: at most ``(n_k - 1) // 4``), the
-    peak-to-peak amplitude of the fitted curve (mag), its coefficients and the chi2 reduction."""
+    harmonics actually used and the peak-to-peak amplitude of the fitted curve (mag).
+
+    A band with few points gets at most ``(n_k - 1) // 4`` harmonics; and where the phases leave
+    gaps a high-order fit swings far beyond the data, so the order is lowered until the fitted curve
+    spans at most 1.5 times the band's own peak-to-peak range (NaN if even one harmonic does not)."""
     K = d.n_bands
     n_k = np.bincount(d.band, minlength=K)
     amp = np.full(K, np.nan)
     used = np.zeros(K, dtype=np.int64)
     phase = np.linspace(0.0, 1.0, 200, endpoint=False)
     for k in range(K):
-        h = int(min(nterms, max(0, (n_k[k] - 1) // 4)))
-        if h < 1:
-            continue
         m = d.band == k
         ph = np.remainder(freq * d.t[m], 1.0)
-        cols = [np.ones(m.sum())] + [f(TWO_PI * j * ph) for j in range(1, h + 1) for f in (np.cos, np.sin)]
-        X = np.stack(cols, axis=1)
         sw = np.sqrt(d.w[m])
-        coef, *_ = np.linalg.lstsq(X * sw[:, None], d.y[m] * sw, rcond=None)
-        curve = sum(coef[2 * j - 1] * np.cos(TWO_PI * j * phase) + coef[2 * j] * np.sin(TWO_PI * j * phase)
-                    for j in range(1, h + 1))
-        amp[k] = float(np.ptp(curve))
-        used[k] = h
+        span = float(np.ptp(d.y[m])) if m.any() else 0.0
+        for h in range(int(min(nterms, max(0, (n_k[k] - 1) // 4))), 0, -1):
+            cols = [np.ones(m.sum())] + [f(TWO_PI * j * ph) for j in range(1, h + 1) for f in (np.cos, np.sin)]
+            X = np.stack(cols, axis=1)
+            coef, *_ = np.linalg.lstsq(X * sw[:, None], d.y[m] * sw, rcond=None)
+            curve = sum(coef[2 * j - 1] * np.cos(TWO_PI * j * phase) + coef[2 * j] * np.sin(TWO_PI * j * phase)
+                        for j in range(1, h + 1))
+            if np.ptp(curve) <= 1.5 * span:
+                amp[k], used[k] = float(np.ptp(curve)), h
+                break
     return {"amplitude": amp, "nterms": used, "n_points": n_k}

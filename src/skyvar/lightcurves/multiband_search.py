@@ -59,7 +59,18 @@ from skyvar.utils.log import get_logger
 log = get_logger(__name__)
 
 RESULT_COLUMNS = ("f_max", "period", "pwr_max", "fap", "log10_fap", "n_eff", "pwr_model", "n_bands",
-                  "alias_rank", "ls_mode", "period_flag")
+                  "alias_rank", "daily_alias", "ls_mode", "period_flag")
+SIDEREAL_DAY_FREQ = 1.0027379093  # d^-1
+
+
+def is_daily_alias(f: float, span: float, k_max: int = 3) -> bool:
+    """True when ``f`` (d^-1) lies within ``2/span`` of a multiple ``k <= k_max`` of the solar or sidereal
+    day frequency: where a trend or a period longer than the baseline shows up in nightly sampling
+    (its own frequency is below the grid's ``2/T``), and where every other period is ambiguous."""
+    if not (np.isfinite(f) and span > 0):
+        return False
+    k = np.arange(1, k_max + 1)
+    return bool(np.any(np.abs(f - np.r_[k, k * SIDEREAL_DAY_FREQ]) < 2.0 / span))
 
 
 def band_cadence(d: BandData) -> float:
@@ -89,7 +100,7 @@ def search_multiband(t, y, band, dy=None, *, fmin: float | None = None, fmax: fl
     d = prepare_bands(t, y, band, dy, min_points=min_band_points)
     out = {c: np.nan for c in RESULT_COLUMNS}
     out.update(ls_mode="multiband", period_flag=0, n_bands=d.n_bands, n_points=int(d.t.size), amplitude={},
-               alias_rank=-1, candidates=None, grid=None)
+               alias_rank=-1, daily_alias=False, candidates=None, grid=None)
     if d.t.size < max(min_points, 3) or d.n_bands == 0:
         out["period_flag"] = int(SearchFlag.TOO_SHORT)
         return out
@@ -126,7 +137,7 @@ def search_multiband(t, y, band, dy=None, *, fmin: float | None = None, fmax: fl
     fap, lfap = fap_standard(pwr, d.t.size, n_params, d.n_bands, n_eff)
     amps = fit_bands(d, f, amp_nterms)
     out.update(f_max=f, period=1.0 / f, pwr_max=pwr, fap=float(fap), log10_fap=float(lfap), n_eff=float(n_eff),
-               pwr_model=float(score[best]), alias_rank=best,
+               pwr_model=float(score[best]), alias_rank=best, daily_alias=is_daily_alias(f, d.span),
                amplitude={str(b): float(a) for b, a in zip(d.bands, amps["amplitude"])},
                candidates={"f": f_c, "scan_power": p[idx].astype(float), "model_power": score}, grid=grid)
     if keep_periodogram:
@@ -151,8 +162,11 @@ class MultibandPeriodSearch:
     ``band = "all"`` (the pipeline's ``source_rows`` hook) holding ``f_max`` (d^-1), ``period`` (d),
     ``pwr_max`` (shared-phase power, standard normalisation), ``fap``/``log10_fap``, ``n_eff``,
     ``pwr_model`` (power of the re-ranking model), ``n_bands``, ``alias_rank`` (rank of the chosen peak
-    in the scan, 0 = highest), ``ls_mode = "multiband"``, ``period_flag`` (:class:`skyvar.flags.
-    SearchFlag`), ``period_candidate_multiband`` (``fap <= fap_threshold``) and ``amp_<band>``
+    in the scan, 0 = highest), ``daily_alias`` (the frequency within 2/T of 1, 2 or 3 cycles per solar
+    or sidereal day: typically a trend longer than the baseline seen through nightly sampling, see
+    :func:`is_daily_alias`), ``ls_mode = "multiband"``, ``period_flag`` (:class:`skyvar.flags.
+    SearchFlag`), ``period_candidate_multiband`` (``fap <= fap_threshold`` and not a daily alias) and
+    ``amp_<band>``
     (peak-to-peak of each band's ``amp_nterms``-harmonic fit at the period, mag). Per-band rows get
     no columns. Errors weight the fit (``1/mag_err^2``) when every point of the source has a usable
     one (``use_errors``), else the source is fitted unweighted and flagged ``BAD_ERRORS``.
@@ -230,7 +244,8 @@ class MultibandPeriodSearch:
             t, y, dy, band = _source_arrays(batch, rows)
             res = self.search_source(t, y, dy, band)
             rec = {"source_id": uniq[g], **{c: res[c] for c in RESULT_COLUMNS}}
-            rec["period_candidate_multiband"] = bool(np.isfinite(res["fap"]) and res["fap"] <= self.fap_threshold)
+            rec["period_candidate_multiband"] = bool(np.isfinite(res["fap"]) and res["fap"] <= self.fap_threshold
+                                                     and not res["daily_alias"])
             rec.update({f"amp_{b}": a for b, a in res["amplitude"].items()})
             records.append(rec)
             if self.plots and np.isfinite(res["log10_fap"]):
