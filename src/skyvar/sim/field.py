@@ -508,11 +508,35 @@ def _write_truth_lightcurves(sim: FieldSimulation, path: Path, which: str) -> No
         writer.close()
 
 
-def simulate_field_to_disk(cfg: FieldSimConfig, progress: bool = True) -> Path:
+def _frame_done(path: Path, h: str, overwrite: bool) -> bool:
+    if path.exists() and not overwrite:
+        try:
+            return fits.getheader(path).get("SIMHASH") == h
+        except OSError:
+            pass  # truncated by an interruption: rewrite
+    return False
+
+
+def render_epoch_task(epoch: int, cfg: FieldSimConfig, out_dir: str) -> dict:
+    """Task: render and write one epoch on a Dask worker. The worker builds the field (catalogue,
+    variables, PSF banks, star operator) once and keeps it for its later epochs; epoch ``e`` draws its
+    noise from ``default_rng([seed, 1, e])``, so the frame is byte-identical to the serial run's."""
+    from skyvar.pipeline.distributed import task_stats, worker_cached
+
+    c0, w0 = time.thread_time(), time.perf_counter()
+    sim = worker_cached(f"field-sim:{stable_hash(cfg)}", lambda: FieldSimulation(cfg))
+    path = Path(out_dir) / "frames" / f"frame_{epoch:04d}.fits"
+    img, mask, hdr = sim.render_epoch(epoch)
+    write_frame(path, img, hdr, mask)
+    return {"epoch": epoch, "path": str(path), "stats": task_stats(c0, w0)}
+
+
+def simulate_field_to_disk(cfg: FieldSimConfig, progress: bool = True, client=None) -> Path:
     """Write frames, truth and metadata under ``cfg.out_dir``; resumes an interrupted run.
 
     Frames whose header carries the same config hash are kept; the truth files are rewritten only if
-    missing or from another config.
+    missing or from another config. With a Dask ``client`` (:mod:`skyvar.pipeline.distributed`) the
+    epochs still to write are one task each (:func:`render_epoch_task`), with the same bytes as here.
     """
     out = Path(cfg.out_dir)
     (out / "frames").mkdir(parents=True, exist_ok=True)
@@ -530,6 +554,19 @@ def simulate_field_to_disk(cfg: FieldSimConfig, progress: bool = True) -> Path:
         from omegaconf import OmegaConf
 
         write_text_atomic(out / "sim_config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    if client is not None:
+        from skyvar.pipeline.distributed import TaskFailed, run_tasks
+
+        todo = [e for e in range(cfg.n_epochs) if not _frame_done(out / "frames" / f"frame_{e:04d}.fits", h,
+                                                                   cfg.overwrite)]
+        res = run_tasks(render_epoch_task, todo, cfg, str(out), client=client, desc="simulate", progress=progress)
+        bad = [(e, r) for e, r in zip(todo, res) if isinstance(r, TaskFailed)]
+        if bad:
+            raise RuntimeError(f"simulating {len(bad)} epoch(s) failed, e.g. epoch {bad[0][0]}: {bad[0][1].error} "
+                               "(a rerun resumes: the frames written are kept)")
+        log.info("wrote %d frames to %s in %.1f s (%d on Dask)", cfg.n_epochs, out / "frames",
+                 time.perf_counter() - t0, len(todo))
+        return out
     epochs = range(cfg.n_epochs)
     if progress and cfg.n_epochs > 1:
         from tqdm.auto import tqdm
@@ -537,12 +574,8 @@ def simulate_field_to_disk(cfg: FieldSimConfig, progress: bool = True) -> Path:
         epochs = tqdm(epochs, desc="frames", unit="frame")
     for e in epochs:
         path = out / "frames" / f"frame_{e:04d}.fits"
-        if path.exists() and not cfg.overwrite:
-            try:
-                if fits.getheader(path).get("SIMHASH") == h:
-                    continue
-            except OSError:
-                pass  # truncated by an interruption: rewrite
+        if _frame_done(path, h, cfg.overwrite):
+            continue
         img, mask, hdr = sim.render_epoch(e)
         write_frame(path, img, hdr, mask)
     log.info("wrote %d frames to %s in %.1f s", cfg.n_epochs, out / "frames", time.perf_counter() - t0)
@@ -556,16 +589,28 @@ def _inside(sim: FieldSimulation) -> np.ndarray:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in ("-h", "--help"):
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
+    if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         print("keys and defaults:\n" + OmegaConf.to_yaml(OmegaConf.structured(FieldSimConfig)))
         return 0
+    # dask.<key>=... (skyvar.pipeline.distributed.DaskConfig) writes the epochs in parallel; it is not
+    # part of FieldSimConfig, so it cannot change the frames or their SIMHASH
+    dask_args = [a[len("dask."):] for a in argv if a.startswith("dask.")]
     try:
-        cfg = config_from_dotlist(FieldSimConfig, argv)
+        cfg = config_from_dotlist(FieldSimConfig, [a for a in argv if not a.startswith("dask.")])
+        from skyvar.pipeline.distributed import DaskConfig
+
+        dcfg = DaskConfig.from_any(OmegaConf.to_container(OmegaConf.from_dotlist(dask_args)) if dask_args else None)
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
-    simulate_field_to_disk(cfg)
+    if dcfg.enabled:
+        from skyvar.pipeline.distributed import dask_client
+
+        with dask_client(dcfg) as client:
+            simulate_field_to_disk(cfg, client=client)
+    else:
+        simulate_field_to_disk(cfg)
     return 0
