@@ -72,7 +72,7 @@ from skyvar.utils.log import get_logger
 log = get_logger(__name__)
 
 __all__ = ["DaskConfig", "TaskFailed", "dask_client", "active_client", "run_tasks", "worker_cached",
-           "default_workers", "task_stats"]
+           "default_workers", "task_stats", "start_rss_sampler", "rss_peak", "process_cpu_s"]
 
 
 @dataclasses.dataclass
@@ -317,3 +317,45 @@ def task_stats(t_cpu0: float, t_wall0: float) -> dict:
     return {"cpu_s": round(time.thread_time() - t_cpu0, 4), "wall_s": round(time.perf_counter() - t_wall0, 4),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
             "pid": os.getpid()}
+
+
+# ------------------------------------------------------------------------------------- monitoring
+_RSS = {"peak": 0, "thread": None}
+
+
+def start_rss_sampler(interval_s: float = 0.1) -> int:
+    """Sample this process's resident memory every ``interval_s`` in a daemon thread (idempotent);
+    :func:`rss_peak` reads the peak. Run on every worker with ``client.run(start_rss_sampler)`` to state
+    the memory per worker (``ru_maxrss`` cannot be reset between stages)."""
+    import psutil
+
+    if _RSS["thread"] is None:
+        proc = psutil.Process()
+
+        def loop():
+            while True:
+                _RSS["peak"] = max(_RSS["peak"], proc.memory_info().rss)
+                time.sleep(interval_s)
+
+        t = threading.Thread(target=loop, daemon=True, name="skyvar-rss")
+        t.start()
+        _RSS["thread"] = t
+    return os.getpid()
+
+
+def rss_peak(reset: bool = False) -> float:
+    """Peak resident memory [MB] seen by the sampler since the last reset (the current RSS when no
+    sampler runs); ``reset`` starts a new window at the current RSS."""
+    import psutil
+
+    cur = psutil.Process().memory_info().rss
+    peak = max(_RSS["peak"], cur)
+    if reset:
+        _RSS["peak"] = cur
+    return peak / 2**20
+
+
+def process_cpu_s() -> float:
+    """User + system CPU seconds of this process (all its threads)."""
+    t = os.times()
+    return t.user + t.system

@@ -1,0 +1,263 @@
+"""Scale-out of the whole field pipeline: serial versus a Dask LocalCluster, in one run.
+
+    nice -n 10 python benchmarks/bench_field_scale.py [--size 2048] [--epochs 100] [--workers 2]
+        [--detector pnet] [--tile-px 1024] [--out datasets/bench_field_scale] [--json results.json]
+
+Simulates a CSST-like series (seed 2024) and runs ``pipeline=field`` (the shipped config: PNet on the
+reference stack, forced PSF photometry on every frame, tiled association, the light-curve stages of
+``pipeline.lightcurves.stages``, candidates; no truth, no plots) twice: serially in this process (one
+thread), then with ``pipeline.dask.enabled=true`` on a LocalCluster of ``--workers`` single-threaded
+workers (the simulation too). Per stage it reports wall time, CPU seconds (the client's plus every
+worker's, so CPU time is comparable when the machine is shared), peak RSS of the serial process and
+of each worker (sampled every 0.1 s), throughput in pixel-epochs per core-second and the parallel
+efficiency ``T_serial / (n_workers x T_dask)``; it then checks that both runs wrote the same frames,
+catalogues, sources, features and candidates, and that the tiled association equals the untiled one.
+Machine load (1-min load average, sampled every 5 s) is printed with the results: on a shared machine
+the wall-clock efficiency says how much of two cores this run got, the CPU seconds what the work cost,
+and ``eff_cpu = CPU_serial / (workers x (client CPU + busiest worker's CPU))`` the efficiency the same
+run would have on dedicated cores (it counts the parallel overhead and the load imbalance, not the
+other tenants of the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_v] = "1"  # one core for the serial run; Dask workers get one thread each too
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+FRAME_STAGES = ("simulate", "reference", "photometry")
+
+
+class Meter:
+    """Per-stage wall, CPU (client + workers) and peak RSS (client, each worker)."""
+
+    def __init__(self, client=None):
+        from skyvar.pipeline.distributed import start_rss_sampler
+
+        self.client = client
+        self.rows: dict[str, dict] = {}
+        start_rss_sampler()
+        if client is not None:
+            client.run(start_rss_sampler)
+
+    def _workers(self, fn, **kw) -> dict:
+        return self.client.run(fn, **kw) if self.client is not None else {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        from skyvar.pipeline.distributed import process_cpu_s, rss_peak
+
+        # workers restarted mid-stage (none here) would restart their CPU count: read them per stage
+        w0 = self._workers(process_cpu_s)
+        self._workers(rss_peak, reset=True)
+        rss_peak(reset=True)
+        c0, t0 = process_cpu_s(), time.perf_counter()
+        try:
+            yield
+        finally:
+            wall = time.perf_counter() - t0
+            client_cpu = process_cpu_s() - c0
+            w1 = self._workers(process_cpu_s)
+            per = sorted(w1[a] - w0.get(a, 0.0) for a in w1)
+            wcpu = sum(per)
+            wrss = self._workers(rss_peak)
+            self.rows[name] = {"wall_s": wall, "client_cpu_s": client_cpu, "worker_cpu_s": wcpu,
+                               "worker_cpu_each_s": per,
+                               # the run's CPU critical path: the client plus the busiest worker
+                               "critical_cpu_s": client_cpu + (per[-1] if per else 0.0),
+                               "cpu_s": client_cpu + wcpu, "client_peak_rss_mb": rss_peak(),
+                               "worker_peak_rss_mb": max(wrss.values()) if wrss else None,
+                               "worker_peak_rss_all_mb": sorted(wrss.values()) if wrss else None}
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("skyvar.conf", version_base="1.3"):
+        return compose("infer", overrides=overrides)
+
+
+def run_one(mode: str, a, base: Path) -> dict:
+    from hydra.utils import instantiate
+
+    from skyvar.pipeline.distributed import DaskConfig, dask_client
+    from skyvar.sim.field import FieldSimConfig, simulate_field_to_disk
+
+    out = base / mode
+    dask = mode == "dask"
+    dcfg = {"enabled": True, "n_workers": a.workers, "threads_per_worker": 1, "memory_limit": a.memory_limit} \
+        if dask else {"enabled": False}
+    cfg = _compose([
+        "pipeline=field", f"detector={a.detector}", f"out_dir={out / 'run'}", f"input={out / 'sim' / 'frames'}",
+        "device=cpu", "pipeline.plots=false", "pipeline.progress=false",
+        f"pipeline.associate.tile_px={a.tile_px}",
+        *[f"pipeline.dask.{k}={v}" for k, v in dcfg.items()],
+    ])
+    ctx = dask_client(DaskConfig.from_any(dcfg)) if dask else contextlib.nullcontext(None)
+    t_all = time.perf_counter()
+    with ctx as client:
+        t_start = time.perf_counter() - t_all
+        meter = Meter(client)
+        sim = FieldSimConfig(out_dir=str(out / "sim"), size=a.size, n_epochs=a.epochs, seed=2024,
+                             truth_lightcurves="none")
+        with meter.stage("simulate"):
+            simulate_field_to_disk(sim, progress=False, client=client)
+        pipe = instantiate(cfg.pipeline, _convert_="partial")
+        run = pipe.runner.run
+
+        def timed(name, *args, **kw):
+            with meter.stage(name):
+                return run(name, *args, **kw)
+
+        pipe.runner.run = timed
+        with meter.stage("total_pipeline"):
+            summary = pipe.run()
+    wall = time.perf_counter() - t_all
+    # the stage windows reset the RSS peaks inside the total's window: its peaks are the stages' maxima
+    tot = meter.rows["total_pipeline"]
+    for k in ("client_peak_rss_mb", "worker_peak_rss_mb"):
+        vals = [r[k] for n, r in meter.rows.items() if n not in ("total_pipeline", "simulate") and r[k] is not None]
+        tot[k] = max(vals) if vals else None
+    for st, rec in summary["stages"].items():
+        if st in meter.rows:
+            meter.rows[st]["metrics"] = rec.get("metrics", {})
+    return {"mode": mode, "wall_s": wall, "cluster_start_s": t_start, "stages": meter.rows,
+            "n_failures": summary["failures"]}
+
+
+def compare(base: Path, a) -> dict:
+    """Same outputs from both runs (paths differ, so file bytes of frames and catalogue metadata do)."""
+    import numpy as np
+    import pandas as pd
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from skyvar.lightcurves.associate import associate_catalogs
+
+    s, d = base / "serial", base / "dask"
+    out = {}
+    frames = sorted((s / "sim/frames").glob("*.fits"))
+    out["frames_equal"] = all(
+        np.array_equal(fits.getdata(f), fits.getdata(d / "sim/frames" / f.name)) and
+        np.array_equal(fits.getdata(f, "MASK"), fits.getdata(d / "sim/frames" / f.name, "MASK")) for f in frames)
+    cols = ["x", "y", "ra", "dec", "flux", "flux_err", "mag", "mag_err", "flags"]
+    cats = sorted((s / "run/photometry/catalogs").glob("*.parquet"))
+    out["catalogs_equal"] = len(cats) == a.epochs and all(
+        pd.read_parquet(c, columns=cols).equals(pd.read_parquet(d / "run/photometry/catalogs" / c.name, columns=cols))
+        for c in cats)
+    src_s = pd.read_parquet(s / "run/associate/sources.parquet")
+    out["sources_equal"] = src_s.equals(pd.read_parquet(d / "run/associate/sources.parquet"))
+    f_s = pd.read_parquet(s / "run/features/lightcurve_features.parquet")
+    f_d = pd.read_parquet(d / "run/features/lightcurve_features.parquet")
+    out["features_equal"] = f_s.equals(f_d)
+    c_s, c_d = Table.read(s / "run/candidates.ecsv").to_pandas(), Table.read(d / "run/candidates.ecsv").to_pandas()
+    out["candidates_equal"] = c_s.equals(c_d)
+    out["n_candidates_rows"] = len(c_s)
+    # the tiled association (both runs) against one untiled pass over the same catalogues
+    from skyvar.pipeline.field import _pixel_scale
+
+    scale = _pixel_scale(frames[0])
+    t0 = time.perf_counter()
+    res = associate_catalogs(cats, base / "untiled_store", radius_arcsec=scale, radius_pix=1.0, pixel_scale=scale,
+                             n_partitions=8)
+    out["untiled_assoc_wall_s"] = time.perf_counter() - t0
+    out["tiled_equals_untiled"] = res.sources.equals(src_s.drop(columns=["n_measurements"]))
+    out["n_sources"] = len(src_s)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--detector", default="pnet")
+    ap.add_argument("--tile-px", type=int, default=1024)
+    ap.add_argument("--memory-limit", default="6GiB")
+    ap.add_argument("--out", default=str(ROOT / "datasets" / "bench_field_scale"))
+    ap.add_argument("--modes", default="serial,dask")
+    ap.add_argument("--json", default=None, help="write the measurements here (default: <out>/results.json)")
+    a = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from _common import device_info, print_table
+
+    base = Path(a.out) / f"{a.size}px_{a.epochs}ep"
+    base.mkdir(parents=True, exist_ok=True)
+    loads: list[float] = []
+    stop = threading.Event()
+
+    def sample_load():
+        while not stop.is_set():
+            loads.append(os.getloadavg()[0])
+            stop.wait(5.0)
+
+    threading.Thread(target=sample_load, daemon=True).start()
+    results = {"size": a.size, "epochs": a.epochs, "workers": a.workers, "detector": a.detector,
+               "tile_px": a.tile_px, "device": device_info(), "runs": {}}
+    for mode in a.modes.split(","):
+        import shutil
+
+        shutil.rmtree(base / mode, ignore_errors=True)
+        l0 = len(loads)
+        results["runs"][mode] = run_one(mode, a, base)
+        seg = loads[l0:] or [os.getloadavg()[0]]
+        results["runs"][mode]["load_avg"] = {"mean": sum(seg) / len(seg), "min": min(seg), "max": max(seg)}
+    stop.set()
+    if {"serial", "dask"} <= set(results["runs"]):
+        results["equal"] = compare(base, a)
+
+    pix = a.size * a.size * a.epochs
+    rows = []
+    ser = results["runs"].get("serial", {}).get("stages", {})
+    dk = results["runs"].get("dask", {}).get("stages", {})
+    for st in ["simulate", "reference", "photometry", "associate", "features", "candidates", "total_pipeline"]:
+        s, d = ser.get(st), dk.get(st)
+        if not (s or d):
+            continue
+        r = {"stage": st}
+        if s:
+            r.update(serial_wall_s=s["wall_s"], serial_cpu_s=s["cpu_s"], serial_rss_mb=s["client_peak_rss_mb"])
+        if d:
+            r.update(dask_wall_s=d["wall_s"], dask_cpu_s=d["cpu_s"], worker_rss_mb=d["worker_peak_rss_mb"] or 0.0,
+                     client_rss_mb=d["client_peak_rss_mb"])
+        if s and d:
+            r["eff_wall"] = s["wall_s"] / (a.workers * d["wall_s"])
+            # what dedicated cores would give: serial CPU over workers x the CPU critical path
+            r["eff_cpu"] = s["cpu_s"] / (a.workers * max(d["critical_cpu_s"], 1e-9))
+            r["cpu_ratio"] = d["cpu_s"] / max(s["cpu_s"], 1e-9)
+        ref = s or d
+        r["Mpix_ep_per_core_s"] = pix / 1e6 / max(ref["cpu_s"], 1e-9)
+        rows.append(r)
+    results["table"] = rows
+    print(f"\n{results['device']}; {a.size}² px x {a.epochs} epochs, detector {a.detector}, "
+          f"{a.workers} workers, tiles {a.tile_px} px")
+    for m, run in results["runs"].items():
+        print(f"{m}: {run['wall_s']:.0f} s wall (cluster start {run['cluster_start_s']:.1f} s), load average "
+              f"{run['load_avg']['mean']:.1f} (min {run['load_avg']['min']:.1f}, max {run['load_avg']['max']:.1f}) "
+              f"on {os.cpu_count()} cores")
+    print_table(rows, "per stage (eff_wall = T_serial / (workers x T_dask); eff_cpu = CPU_serial / (workers x "
+                      "(client CPU + busiest worker CPU)); CPU = client + workers)")
+    if "equal" in results:
+        print("\nsame outputs:", json.dumps(results["equal"]))
+    path = Path(a.json) if a.json else base / "results.json"
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(f"\nwritten {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
