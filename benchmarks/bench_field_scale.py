@@ -81,6 +81,25 @@ class Meter:
                                "worker_peak_rss_all_mb": sorted(wrss.values()) if wrss else None}
 
 
+def _warm() -> bool:
+    """Import what the stages use, in the serial process and on every worker before the clock starts,
+    so that no stage pays a process's one-time imports (torch, GalSim, astropy ...)."""
+    import importlib
+
+    for m in ("torch", "galsim", "skyvar.sim.field", "skyvar.detect.forced_psf", "skyvar.detect.pnet",
+              "skyvar.detect.sep_baseline", "skyvar.lightcurves.associate", "skyvar.lightcurves.indices",
+              "skyvar.lightcurves.excess", "skyvar.lightcurves.flares", "skyvar.lightcurves.periodogram",
+              "skyvar.lightcurves.classify", "skyvar.pipeline.lightcurves", "skyvar.pipeline.field"):
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            pass
+    import torch
+
+    torch.set_num_threads(1)
+    return True
+
+
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_module
 
@@ -103,10 +122,14 @@ def run_one(mode: str, a, base: Path) -> dict:
         "device=cpu", "pipeline.plots=false", "pipeline.progress=false",
         f"pipeline.associate.tile_px={a.tile_px}",
         *[f"pipeline.dask.{k}={v}" for k, v in dcfg.items()],
+        *[f"pipeline.lightcurves.stages.{st}=null" for st in a.drop_stages],
     ])
     ctx = dask_client(DaskConfig.from_any(dcfg)) if dask else contextlib.nullcontext(None)
     t_all = time.perf_counter()
     with ctx as client:
+        _warm()
+        if client is not None:
+            client.run(_warm)
         t_start = time.perf_counter() - t_all
         meter = Meter(client)
         sim = FieldSimConfig(out_dir=str(out / "sim"), size=a.size, n_epochs=a.epochs, seed=2024,
@@ -187,6 +210,9 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-limit", default="6GiB")
     ap.add_argument("--out", default=str(ROOT / "datasets" / "bench_field_scale"))
     ap.add_argument("--modes", default="serial,dask")
+    ap.add_argument("--drop-stages", nargs="*", default=[],
+                    help="light-curve stages to leave out (indices excess flares periodogram astronet), e.g. to "
+                         "measure the frame stages of a 5000² frame without the searches")
     ap.add_argument("--json", default=None, help="write the measurements here (default: <out>/results.json)")
     a = ap.parse_args(argv)
 
@@ -195,7 +221,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from _common import device_info, print_table
 
-    base = Path(a.out) / f"{a.size}px_{a.epochs}ep"
+    base = Path(a.out) / (f"{a.size}px_{a.epochs}ep" + ("_frames" if a.drop_stages else ""))
     base.mkdir(parents=True, exist_ok=True)
     loads: list[float] = []
     stop = threading.Event()
@@ -207,7 +233,7 @@ def main(argv=None) -> int:
 
     threading.Thread(target=sample_load, daemon=True).start()
     results = {"size": a.size, "epochs": a.epochs, "workers": a.workers, "detector": a.detector,
-               "tile_px": a.tile_px, "device": device_info(), "runs": {}}
+               "tile_px": a.tile_px, "drop_stages": a.drop_stages, "device": device_info(), "runs": {}}
     for mode in a.modes.split(","):
         import shutil
 
@@ -246,7 +272,7 @@ def main(argv=None) -> int:
     print(f"\n{results['device']}; {a.size}² px x {a.epochs} epochs, detector {a.detector}, "
           f"{a.workers} workers, tiles {a.tile_px} px")
     for m, run in results["runs"].items():
-        print(f"{m}: {run['wall_s']:.0f} s wall (cluster start {run['cluster_start_s']:.1f} s), load average "
+        print(f"{m}: {run['wall_s']:.0f} s wall (cluster start and imports {run['cluster_start_s']:.1f} s), load average "
               f"{run['load_avg']['mean']:.1f} (min {run['load_avg']['min']:.1f}, max {run['load_avg']['max']:.1f}) "
               f"on {os.cpu_count()} cores")
     print_table(rows, "per stage (eff_wall = T_serial / (workers x T_dask); eff_cpu = CPU_serial / (workers x "

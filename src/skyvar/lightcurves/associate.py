@@ -819,14 +819,14 @@ def associate_tiled(files: list[Path], store_path: str | os.PathLike, tile_px: f
                     radius_arcsec: float = 1.0, radius_pix: float | None = None, pixel_scale: float | None = None,
                     n_partitions: int = 16, n_candidates: int = 3, flush_rows: int = 5_000_000,
                     progress: bool = False, client=None, work_dir: str | os.PathLike | None = None,
-                    force: bool = False) -> AssociationResult | None:
+                    force: bool = False, rows_per_partition: int = 2_000_000) -> AssociationResult | None:
     """Tile-by-tile association (see the comment above :class:`TileGrid`) of time-ordered ``files``.
 
     ``tile_px`` / ``margin_px``: tile side and overlap in pixels (converted with the pixel scale when
     matching on the sky; margin default ``max(16 px, 16 radii)``). Returns None when the first
     catalogue fits in one tile and ``force`` is false: the untiled association is then the same work
-    in one pass. Store partitions are ``part=t<i>_<j>-<k>`` (tile, then ``k`` of about
-    ``n_partitions / n_tiles`` hash sub-partitions)."""
+    in one pass. Store partitions are ``part=t<i>_<j>-<k>`` (tile, then ``k`` of
+    ``max(n_partitions / n_tiles, rows / rows_per_partition)`` hash sub-partitions)."""
     import shutil
     import tempfile
 
@@ -943,7 +943,9 @@ def associate_tiled(files: list[Path], store_path: str | os.PathLike, tile_px: f
         log.warning("tiled association: the tiles disagree on %d detection(s) near tile borders and %d frame "
                     "count(s); the result may differ from the untiled association: increase associate.margin_px "
                     "(now %g px)", disagree, miscounted, margin / scale)
-    n_sub = max(1, int(round(n_partitions / max(len(keys), 1))))
+    # store partitions: about n_partitions in all, and none above rows_per_partition measurements (a
+    # feature task loads one partition: its memory is bounded by this, not by the tile or the epochs)
+    n_sub_min = max(1, int(round(n_partitions / max(len(keys), 1))))
     store_tmp = Path(tempfile.mkdtemp(prefix=f".{store_path.name}.tmp-", dir=store_path.parent))
     id_files, remap_items = [], []
     start = 0
@@ -954,9 +956,10 @@ def associate_tiled(files: list[Path], store_path: str | os.PathLike, tile_px: f
         full[src["local_id"].to_numpy()[start:start + n]] = gid[start:start + n]
         np.save(p, full)
         start += n
-        remap_items.append(r)
+        n_rows = sum(r["per_frame"].values())
+        remap_items.append((r, max(n_sub_min, int(np.ceil(n_rows / max(rows_per_partition, 1))))))
         id_files.append(str(p))
-    rres = run_tasks(_remap_item, list(zip(remap_items, id_files)), str(store_tmp), n_sub, client=client,
+    rres = run_tasks(_remap_item, list(zip(remap_items, id_files)), str(store_tmp), client=client,
                      desc="associate-store", progress=progress)
     bad = [r for r in rres if isinstance(r, TaskFailed)]
     if bad:
@@ -998,6 +1001,6 @@ def _tile_item(item, grid, frame_info, n_candidates, radius, work_dir, flush_row
     return associate_tile(key, frames, grid, frame_info, n_candidates, radius, work_dir, flush_rows, stamp)
 
 
-def _remap_item(item, store_tmp, n_sub):
-    rec, id_file = item
+def _remap_item(item, store_tmp):
+    (rec, n_sub), id_file = item
     return remap_tile(rec, id_file, store_tmp, n_sub)

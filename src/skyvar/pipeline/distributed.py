@@ -133,22 +133,26 @@ def active_client():
     return _ACTIVE[-1] if _ACTIVE else None
 
 
-class _PinGPU:
+def _pin_gpu_plugin():
     """Worker plugin: worker ``i`` of a LocalCluster uses GPU ``i mod n`` (dask-cuda's one-worker-per-GPU
     pattern without dask-cuda), so ``device=auto`` puts each worker's model on its own GPU."""
+    from distributed.diagnostics.plugin import WorkerPlugin
 
-    name = "skyvar-pin-gpu"
+    class PinGPU(WorkerPlugin):
+        name = "skyvar-pin-gpu"
 
-    def setup(self, worker):
-        import torch
+        def setup(self, worker):
+            import torch
 
-        n = torch.cuda.device_count()
-        try:
-            idx = int(worker.name)
-        except (TypeError, ValueError):
-            idx = abs(hash(worker.name))
-        if n:
-            torch.cuda.set_device(idx % n)
+            n = torch.cuda.device_count()
+            try:
+                idx = int(worker.name)
+            except (TypeError, ValueError):
+                idx = sum(map(ord, str(worker.name)))
+            if n:
+                torch.cuda.set_device(idx % n)
+
+    return PinGPU()
 
 
 def _local_cluster(cfg: DaskConfig):
@@ -200,7 +204,7 @@ def dask_client(cfg: Any) -> Iterator[Any]:
             cluster, pin = _local_cluster(cfg)
             client = Client(cluster)
             if pin:
-                client.register_plugin(_PinGPU())
+                client.register_plugin(_pin_gpu_plugin())
             log.info("dask: LocalCluster with %d workers x %d thread(s) started in %.1f s",
                      len(cluster.workers), cfg.threads_per_worker, time.perf_counter() - t0)
     _ACTIVE.append(client)

@@ -517,14 +517,18 @@ def _frame_done(path: Path, h: str, overwrite: bool) -> bool:
     return False
 
 
-def render_epoch_task(epoch: int, cfg: FieldSimConfig, out_dir: str) -> dict:
-    """Task: render and write one epoch on a Dask worker. The worker builds the field (catalogue,
-    variables, PSF banks, star operator) once and keeps it for its later epochs; epoch ``e`` draws its
-    noise from ``default_rng([seed, 1, e])``, so the frame is byte-identical to the serial run's."""
+def render_epoch_task(epoch: int, cfg: FieldSimConfig, out_dir: str, sim_file: str | None = None) -> dict:
+    """Task: render and write one epoch on a Dask worker. The worker loads the field the client built
+    (``sim_file``: catalogue, variables, PSF banks; or builds it from ``cfg``) once and keeps it, with
+    its star operator, for its later epochs; epoch ``e`` draws its noise from
+    ``default_rng([seed, 1, e])``, so the frame is byte-identical to the serial run's."""
+    import pickle
+
     from skyvar.pipeline.distributed import task_stats, worker_cached
 
     c0, w0 = time.thread_time(), time.perf_counter()
-    sim = worker_cached(f"field-sim:{stable_hash(cfg)}", lambda: FieldSimulation(cfg))
+    sim = worker_cached(f"field-sim:{stable_hash(cfg)}",
+                        lambda: pickle.loads(Path(sim_file).read_bytes()) if sim_file else FieldSimulation(cfg))
     path = Path(out_dir) / "frames" / f"frame_{epoch:04d}.fits"
     img, mask, hdr = sim.render_epoch(epoch)
     write_frame(path, img, hdr, mask)
@@ -555,11 +559,22 @@ def simulate_field_to_disk(cfg: FieldSimConfig, progress: bool = True, client=No
 
         write_text_atomic(out / "sim_config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     if client is not None:
+        import pickle
+
         from skyvar.pipeline.distributed import TaskFailed, run_tasks
 
         todo = [e for e in range(cfg.n_epochs) if not _frame_done(out / "frames" / f"frame_{e:04d}.fits", h,
                                                                    cfg.overwrite)]
-        res = run_tasks(render_epoch_task, todo, cfg, str(out), client=client, desc="simulate", progress=progress)
+        # the field built here, before any epoch is rendered (no star operator yet), goes to the workers
+        # as a file each reads once: building it again on every worker costs ~15 epochs' worth
+        sim_file = out / f".field-{h}.pkl"
+        with atomic_path(sim_file) as tmp:
+            tmp.write_bytes(pickle.dumps(sim, protocol=5))
+        try:
+            res = run_tasks(render_epoch_task, todo, cfg, str(out), str(sim_file), client=client, desc="simulate",
+                            progress=progress)
+        finally:
+            sim_file.unlink(missing_ok=True)
         bad = [(e, r) for e, r in zip(todo, res) if isinstance(r, TaskFailed)]
         if bad:
             raise RuntimeError(f"simulating {len(bad)} epoch(s) failed, e.g. epoch {bad[0][0]}: {bad[0][1].error} "
