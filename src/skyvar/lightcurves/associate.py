@@ -782,14 +782,23 @@ def associate_tile(key: int, frames: list[tuple[int, str, int]], grid: TileGrid,
     return {**rec, "stats": task_stats(c0, w0)}
 
 
-def remap_tile(rec: dict, id_map_file: str, store_tmp: str, n_sub: int) -> dict:
-    """Task: the tile's measurements with global source ids -> ``store_tmp/part=<tile>-<k>/``."""
+def remap_tile(rec: dict, id_map_file: str, store_tmp: str, n_sub: int, neighbour_bands: list[str] = ()) -> dict:
+    """Task: the tile's measurements with global source ids -> ``store_tmp/part=<tile>-<k>/``; and the
+    border check of the tile's core: its own view of each detection near its border against the view
+    of the neighbour that wrote it (``disagree``: detections where the two gave different sources)."""
     import pyarrow.parquet as pq
 
     from skyvar.lightcurves.store import _arrow_table, partition_of
     from skyvar.pipeline.distributed import task_stats
 
     c0, w0 = time.thread_time(), time.perf_counter()
+    disagree = 0
+    if neighbour_bands:
+        mine = pq.read_table(rec["band"], filters=[("kind", "=", 0)]).to_pandas()
+        for nb in neighbour_bands:
+            theirs = pq.read_table(nb, filters=[("kind", "=", 1)]).to_pandas()
+            both = mine.merge(theirs, on="det", suffixes=("_core", "_owner"))
+            disagree += int((both["anchor_core"] != both["anchor_owner"]).sum())
     ids = np.load(id_map_file)
     n = 0
     for c, chunk in enumerate(rec["chunks"]):
@@ -801,7 +810,7 @@ def remap_tile(rec: dict, id_map_file: str, store_tmp: str, n_sub: int) -> dict:
             p.mkdir(parents=True, exist_ok=True)
             pq.write_table(_arrow_table(df[sub == k]), p / f"chunk-{c:05d}.parquet", compression="zstd")
         n += len(df)
-    return {"n": n, "stats": task_stats(c0, w0)}
+    return {"n": n, "disagree": disagree, "stats": task_stats(c0, w0)}
 
 
 def _first_catalog(files: list[Path]) -> CatalogFrame | None:
@@ -935,14 +944,6 @@ def associate_tiled(files: list[Path], store_path: str | os.PathLike, tile_px: f
     # the check: every detection written exactly once, and every detection two tiles saw given the same
     # source (the same anchor) by both
     miscounted = int(sum(written.get(f, 0) != n for f, n in n_usable.items())) + int(dup)
-    band = pd.concat([pq_read(r["band"]) for r in tres], ignore_index=True)
-    both = band[band["kind"] == 0].merge(band[band["kind"] == 1], on="det", suffixes=("_core", "_owner"))
-    disagree = int((both["anchor_core"] != both["anchor_owner"]).sum())
-    conflicts = miscounted + disagree
-    if conflicts:
-        log.warning("tiled association: the tiles disagree on %d detection(s) near tile borders and %d frame "
-                    "count(s); the result may differ from the untiled association: increase associate.margin_px "
-                    "(now %g px)", disagree, miscounted, margin / scale)
     # store partitions: about n_partitions in all, and none above rows_per_partition measurements (a
     # feature task loads one partition: its memory is bounded by this, not by the tile or the epochs)
     n_sub_min = max(1, int(round(n_partitions / max(len(keys), 1))))
@@ -959,12 +960,26 @@ def associate_tiled(files: list[Path], store_path: str | os.PathLike, tile_px: f
         n_rows = sum(r["per_frame"].values())
         remap_items.append((r, max(n_sub_min, int(np.ceil(n_rows / max(rows_per_partition, 1))))))
         id_files.append(str(p))
-    rres = run_tasks(_remap_item, list(zip(remap_items, id_files)), str(store_tmp), client=client,
-                     desc="associate-store", progress=progress)
+    band_of = {k: r["band"] for k, r in zip(keys, tres)}
+    nbrs = []
+    for k in keys:
+        i, j = unpack_tile(k)
+        nbrs.append([band_of[int(q)] for q in (pack_tile(i + a, j + b) for a in (-1, 0, 1) for b in (-1, 0, 1)
+                                                if a or b) if int(q) in band_of])
+    rres = run_tasks(_remap_item, [(it, f, nb) for it, f, nb in zip(remap_items, id_files, nbrs)], str(store_tmp),
+                     client=client, desc="associate-store", progress=progress)
     bad = [r for r in rres if isinstance(r, TaskFailed)]
     if bad:
         shutil.rmtree(store_tmp, ignore_errors=True)
         raise RuntimeError(f"tiled association: writing the store failed: {bad[0].error}")
+    # the check: every detection written exactly once (per-frame counts), and every detection near a
+    # border given the same source by the tile whose core holds it and the tile that wrote it
+    disagree = int(sum(r["disagree"] for r in rres))
+    conflicts = miscounted + disagree
+    if conflicts:
+        log.warning("tiled association: the tiles disagree on %d detection(s) near tile borders and %d frame "
+                    "count(s); the result may differ from the untiled association: increase associate.margin_px "
+                    "(now %g px)", disagree, miscounted, margin / scale)
     n_meas = int(sum(r["n"] for r in rres))
     if store_path.exists():
         old = store_path.with_name(f".{store_path.name}.old-{os.getpid()}")
@@ -1002,5 +1017,5 @@ def _tile_item(item, grid, frame_info, n_candidates, radius, work_dir, flush_row
 
 
 def _remap_item(item, store_tmp):
-    (rec, n_sub), id_file = item
-    return remap_tile(rec, id_file, store_tmp, n_sub)
+    (rec, n_sub), id_file, neighbour_bands = item
+    return remap_tile(rec, id_file, store_tmp, n_sub, neighbour_bands)
