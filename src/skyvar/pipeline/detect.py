@@ -7,7 +7,9 @@ input it first simulates a CSST-like field into ``D/sim`` (the demo) and evaluat
 A bad frame (corrupt, truncated, all-NaN …) is reported in ``D/failures.json`` and skipped; the rest
 are processed. Catalogues are written atomically; a rerun skips frames whose catalogue was written by
 the same detector configuration (``resume=true``). The work over files is
-:func:`skyvar.detect.batch.detect_files`, shared with ``pipeline=field``.
+:func:`skyvar.detect.batch.detect_files`, shared with ``pipeline=field``. ``pipeline.dask.enabled=true``
+makes every frame a Dask task (:mod:`skyvar.pipeline.distributed`): the worker reads the frame, builds
+the detector once from ``detector_config`` and writes the catalogue (the serial run's catalogues).
 """
 
 from __future__ import annotations
