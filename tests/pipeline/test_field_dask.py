@@ -242,3 +242,21 @@ def test_gpu_workers_hold_the_model_on_their_gpu(sim, tmp_path):
     for a, b in zip(serial.catalogs, res.catalogs):
         ta, tb = read_catalog_table(a), read_catalog_table(b)
         assert len(ta) == len(tb) and np.allclose(ta["x"], tb["x"], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_infer_cli_field_on_dask(tmp_path):
+    """The README's scale-out command on a tiny simulated series (a LocalCluster of its own)."""
+    pytest.importorskip("skyvar.detect.sep_baseline")
+    from tests.conftest import run_cli
+
+    out = tmp_path / "cli"
+    r = run_cli(["infer.py", "pipeline=field", "detector=sep", f"out_dir={out}", "pipeline.simulate.size=96",
+                 "pipeline.simulate.n_epochs=12", "pipeline.progress=false", "pipeline.plots=false",
+                 "pipeline.lightcurves.stages.flares=null", "pipeline.lightcurves.stages.periodogram=null",
+                 "pipeline.candidates.min_points=5", "pipeline.dask.enabled=true", "pipeline.dask.n_workers=2",
+                 "pipeline.associate.tile_px=48"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["stages"]["photometry"]["metrics"]["n_tasks"] == 12 and s["stages"]["associate"]["metrics"]["n_tiles"] > 1
+    assert (out / "candidates.ecsv").exists()

@@ -196,6 +196,13 @@ def dask_client(cfg: Any) -> Iterator[Any]:
                 "distributed.scheduler.worker-saturation": 1.0}
     cluster = None
     t0 = time.perf_counter()
+    # distributed logs every connection at INFO; under a CLI whose root logger is at INFO that drowns the
+    # pipeline's own messages. Warnings (a worker that died, memory pressure) still come through.
+    import logging
+
+    dlog = logging.getLogger("distributed")
+    level = dlog.level
+    dlog.setLevel(max(level, logging.WARNING))
     with dask.config.set(settings):
         if cfg.address:
             client = Client(cfg.address)
@@ -216,6 +223,7 @@ def dask_client(cfg: Any) -> Iterator[Any]:
         client.close()
         if cluster is not None:
             cluster.close()
+        dlog.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------ tasks
