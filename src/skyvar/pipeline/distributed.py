@@ -71,7 +71,7 @@ from skyvar.utils.log import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["DaskConfig", "TaskFailed", "dask_client", "active_client", "run_tasks", "worker_cached",
+__all__ = ["DaskConfig", "TaskFailed", "SharedObject", "dask_client", "active_client", "run_tasks", "worker_cached",
            "default_workers", "task_stats", "start_rss_sampler", "rss_peak", "process_cpu_s"]
 
 
@@ -319,6 +319,39 @@ def worker_cached(key: str, factory: Callable[[], Any]) -> Any:
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return obj
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedObject:
+    """An object pickled once into a file on the shared file system, loaded once per worker
+    (:meth:`get`). Unlike ``client.scatter`` it survives the death of the workers that held it (a
+    restarted worker reads the file again), so a killed worker costs one task, not the whole stage."""
+
+    path: str
+    key: str
+
+    @classmethod
+    def put(cls, obj: Any, folder: str | os.PathLike, name: str = "shared") -> SharedObject:
+        import hashlib
+        from pathlib import Path
+
+        import cloudpickle
+
+        from skyvar.utils.atomic import atomic_path
+
+        blob = cloudpickle.dumps(obj)
+        key = hashlib.sha256(blob).hexdigest()[:16]
+        p = Path(folder) / f".{name}-{key}.pkl"
+        if not p.exists():
+            with atomic_path(p) as tmp:
+                tmp.write_bytes(blob)
+        return cls(str(p), key)
+
+    def get(self) -> Any:
+        import pickle
+        from pathlib import Path
+
+        return worker_cached(f"shared:{self.key}", lambda: pickle.loads(Path(self.path).read_bytes()))
 
 
 def task_stats(t_cpu0: float, t_wall0: float) -> dict:

@@ -306,10 +306,12 @@ class LightCurvePipeline:
 
     def _run_dask(self, todo, part_dir: Path) -> tuple[list[Path], list[dict]]:
         # one client helper for every pipeline; inside pipeline=field it is the field run's cluster
-        from skyvar.pipeline.distributed import dask_client
+        from skyvar.pipeline.distributed import SharedObject, dask_client
 
         with dask_client(self.dask) as client:
-            stages = client.scatter(self.stages, broadcast=True)
+            # the stages (models included) reach each worker once through a file, which outlives a
+            # killed worker (scattered data dies with the workers holding it)
+            stages = SharedObject.put(self.stages, part_dir.parent, "stages")
             futures = [client.submit(_dask_task, p, stages, str(self.out_dir), str(part_dir), self.mask_flags,
                                      self.batch_curves, self._partition_stamp(p), pure=False) for p in todo]
             paths, failures = [], []
@@ -324,6 +326,7 @@ class LightCurvePipeline:
                 else:
                     paths.append(Path(res["path"]))
                     self.task_stats.append(res.get("stats", {}))
+            Path(stages.path).unlink(missing_ok=True)
             return paths, failures
 
 
@@ -333,6 +336,8 @@ def _dask_task(p, stages, out_dir, part_dir, mask_flags, batch_curves, stamp) ->
 
     c0, w0 = time.thread_time(), time.perf_counter()
     try:
+        if hasattr(stages, "get"):  # a SharedObject: this worker's copy of the stages
+            stages = stages.get()
         feats = partition_features(p.load(), stages, out_dir, mask_flags, batch_curves)
         path = Path(part_dir) / f"{p.key}.parquet"
         _write_features(feats, path, stamp)
