@@ -200,6 +200,60 @@ def compare(base: Path, a) -> dict:
     return out
 
 
+def unit_costs(what: str, run_dir: Path, n: int = 3) -> dict:
+    """CPU seconds and peak RSS of the per-worker units at a run's frame size, in this process:
+    ``forced`` (the forced-photometry engine built from the series frame, then ``n`` frames) or ``sim``
+    (the field built, then ``n`` epochs rendered; the star operator is cached when it fits, as in a run)."""
+    import numpy as np
+
+    from skyvar.pipeline.distributed import process_cpu_s, rss_peak, start_rss_sampler
+
+    _warm()
+    start_rss_sampler()
+    base_rss = rss_peak(reset=True)
+    out = {"what": what, "base_rss_mb": base_rss}
+    if what == "forced":
+        from skyvar.detect.forced_psf import ForcedPSFDetector
+        from skyvar.io.fits import read_frame
+
+        frames = sorted((run_dir / "sim" / "frames").glob("*.fits"))
+        c = process_cpu_s()
+        det = ForcedPSFDetector(reference=run_dir / "run" / "reference" / "reference.ecsv", series_frame=str(frames[0]))
+        fr = read_frame(frames[0])
+        out["read_s"] = process_cpu_s() - c
+        c = process_cpu_s()
+        det._start_series(fr, det._geometry(fr))
+        out["setup_cpu_s"] = process_cpu_s() - c
+        per = []
+        for i in range(n):
+            fr = read_frame(frames[(i + 1) % len(frames)])
+            c = process_cpu_s()
+            cat = det.detect(fr)
+            per.append(process_cpu_s() - c)
+        out.update(frame_cpu_s=per, n_stars=len(det.reference), n_rows=len(cat), shape=list(fr.shape),
+                   n_tiles_engine=len(det._engine.tiles))
+    else:
+        import yaml
+
+        from skyvar.sim.field import FieldSimConfig, FieldSimulation
+        from skyvar.utils.config import config_from_dotlist
+
+        cfg = config_from_dotlist(FieldSimConfig, base=yaml.safe_load((run_dir / "sim" / "sim_config.yaml").read_text()))
+        c = process_cpu_s()
+        sim = FieldSimulation(cfg)
+        out["setup_cpu_s"] = process_cpu_s() - c
+        per = []
+        for e in range(n):
+            c = process_cpu_s()
+            sim.render_epoch(e)
+            per.append(process_cpu_s() - c)
+        out.update(frame_cpu_s=per, n_stars=len(sim.catalogue), shape=list(cfg.shape),
+                   operator_cached=sim.renderer._operator is not None)
+    out["peak_rss_mb"] = rss_peak()
+    out["median_frame_cpu_s"] = float(np.median(out["frame_cpu_s"][1:] if n > 1 else out["frame_cpu_s"]))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=2048)
@@ -214,7 +268,19 @@ def main(argv=None) -> int:
                     help="light-curve stages to leave out (indices excess flares periodogram astronet), e.g. to "
                          "measure the frame stages of a 5000² frame without the searches")
     ap.add_argument("--json", default=None, help="write the measurements here (default: <out>/results.json)")
+    ap.add_argument("--unit-costs", choices=["forced", "sim"], default=None,
+                    help="instead of the pipelines: per-worker unit costs (setup, per frame, peak RSS) on the frames of "
+                         "an earlier serial run of this --size/--epochs")
     a = ap.parse_args(argv)
+    if a.unit_costs:
+        import torch
+
+        torch.set_num_threads(1)
+        run_dir = Path(a.out) / (f"{a.size}px_{a.epochs}ep" + ("_frames" if a.drop_stages else "")) / "serial"
+        res = unit_costs(a.unit_costs, run_dir)
+        print(json.dumps(res, indent=1))
+        (run_dir.parent / f"unit_costs_{a.unit_costs}.json").write_text(json.dumps(res, indent=1) + "\n")
+        return 0
 
     import torch
 
