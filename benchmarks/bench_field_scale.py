@@ -254,6 +254,89 @@ def unit_costs(what: str, run_dir: Path, n: int = 3) -> dict:
     return out
 
 
+def plan(out: Path, size: int = 5000, epochs: int = 1000, cores=(1, 8, 64, 512), tile_px: int = 1024) -> dict:
+    """The paper's field from the measured runs under ``out``: core-hours per stage, wall time on
+    ``cores`` single-threaded workers, memory per worker, storage, the bottleneck at each size.
+
+    Inputs (each made by one command, see docs/results/scale.md): ``512px_1000ep`` (serial: per light
+    curve feature cost at 1000 epochs, association and candidates per source, bytes per catalogue row,
+    store measurement and feature row), ``2048px_100ep`` (serial and Dask: tiled association per
+    measurement, reference per Mpix, the client's share of the features stage; ``unit_costs_forced.json``:
+    forced-photometry setup, per-frame CPU and RSS), ``5000px_3ep_frames`` (``unit_costs_sim.json``, the
+    reference catalogue of a 5000² stack, frame and catalogue sizes). Linear in area for the per-frame
+    costs (checked between 512², 1024² and 2048²) and in sources for the per-source ones."""
+    import math
+
+    def load(p):
+        return json.loads((out / p).read_text())
+
+    C = load("512px_1000ep/results.json")["runs"]["serial"]["stages"]
+    B = load("2048px_100ep/results.json")
+    Bs, Bd = B["runs"]["serial"]["stages"], B["runs"]["dask"]["stages"]
+    Uf = load("2048px_100ep/unit_costs_forced.json")
+    Us = load("5000px_3ep_frames/unit_costs_sim.json")
+    D = out / "5000px_3ep_frames" / "serial"
+    n_src = json.loads((D / "run/reference/_stage.json").read_text())["metrics"]["n_reference"]
+    mpix = size * size / 1e6
+    ar = mpix / (2048 * 2048 / 1e6)
+    n_meas = n_src * epochs
+    st = {}
+    # simulate: the field built once on the client (and loaded by each worker), epochs in parallel
+    st["simulate"] = dict(fixed=Us["setup_cpu_s"], per_worker=1.0, work=epochs * Us["median_frame_cpu_s"],
+                          units=epochs, rss=Us["peak_rss_mb"])
+    # reference: PNet on the median stack, on the client (one stack)
+    st["reference"] = dict(fixed=Bs["reference"]["cpu_s"] * ar, per_worker=0.0, work=0.0, units=1,
+                           rss=None)
+    # photometry: every worker builds the series engine once (setup), then one frame per task
+    f_setup, f_frame = Uf["setup_cpu_s"] * ar, Uf["median_frame_cpu_s"] * ar
+    st["photometry"] = dict(fixed=0.0, per_worker=f_setup, work=epochs * f_frame, units=epochs,
+                            rss=Uf["base_rss_mb"] + (Uf["peak_rss_mb"] - Uf["base_rss_mb"]) * ar)
+    # association: per measurement (tiled), tiles of tile_px (+ margins): the largest tile bounds the wall
+    m_b = Bs["associate"]["metrics"]["n_measurements"]
+    n_tiles = (2 * math.ceil((size / 2 - tile_px / 2) / tile_px) + 1) ** 2
+    st["associate"] = dict(fixed=0.0, per_worker=0.0, work=Bs["associate"]["cpu_s"] / m_b * n_meas, units=n_tiles,
+                           largest=((tile_px + 32) / size) ** 2, rss=Bd["associate"]["worker_peak_rss_mb"])
+    # features: per light curve at 1000 epochs; partitions of <= 2M measurements; finalize on the client
+    c_lc = C["features"]["cpu_s"] / C["features"]["metrics"]["n_lightcurves"] * (epochs / 1000.0)
+    client_share = Bd["features"]["client_cpu_s"] / max(Bd["features"]["cpu_s"], 1e-9)
+    feat = c_lc * n_src
+    st["features"] = dict(fixed=feat * client_share, per_worker=0.0, work=feat * (1 - client_share),
+                          units=max(8, math.ceil(n_meas / 2e6)), rss=Bd["features"]["worker_peak_rss_mb"])
+    st["candidates"] = dict(fixed=C["candidates"]["cpu_s"] / C["candidates"]["metrics"]["n_sources"] * n_src,
+                            per_worker=0.0, work=0.0, units=1, rss=None)
+    rows = []
+    for name, v in st.items():
+        r = {"stage": name, "core_h_1": (v["fixed"] + v["per_worker"] + v["work"]) / 3600}
+        for w in cores:
+            par = min(w, v["units"])
+            wall = v["fixed"] + v["per_worker"] + v["work"] / par
+            if "largest" in v:
+                wall = max(wall, v["work"] * v["largest"])
+            r[f"wall_h_{w}"] = wall / 3600
+            r[f"core_h_{w}"] = (v["fixed"] + min(w, v["units"]) * v["per_worker"] + v["work"]) / 3600
+        r["parallel_tasks"] = v["units"]
+        r["rss_gb"] = v["rss"] / 1024 if v["rss"] else None
+        rows.append(r)
+    tot = {"stage": "total"}
+    for k in rows[0]:
+        if k.startswith(("wall_h", "core_h")):
+            tot[k] = sum(r[k] for r in rows)
+    rows.append(tot)
+    bottleneck = {w: max(rows[:-1], key=lambda r: r[f"wall_h_{w}"])["stage"] for w in cores}
+    frame_b = (D / "sim" / "frames" / "frame_0000.fits").stat().st_size
+    cat_b = (D / "run" / "photometry" / "catalogs" / "frame_0000.parquet").stat().st_size
+    Cdir = out / "512px_1000ep" / "serial" / "run"
+    store_b = sum(f.stat().st_size for f in (Cdir / "associate" / "store").rglob("*.parquet"))
+    feat_b = (Cdir / "features" / "lightcurve_features.parquet").stat().st_size
+    storage = {"frames_gb": frame_b * epochs * (size * size) / (5000 * 5000) / 1e9,
+               "catalogues_gb": cat_b * epochs / 1e9,
+               "store_gb": store_b / C["associate"]["metrics"]["n_measurements"] * n_meas / 1e9,
+               "features_gb": feat_b / C["features"]["metrics"]["n_lightcurves"] * n_src / 1e9}
+    return {"size": size, "epochs": epochs, "n_sources": n_src, "n_measurements": n_meas, "tile_px": tile_px,
+            "rows": rows, "bottleneck": bottleneck, "storage": storage,
+            "photometry_setup_s": f_setup, "photometry_frame_s": f_frame}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=2048)
@@ -271,7 +354,19 @@ def main(argv=None) -> int:
     ap.add_argument("--unit-costs", choices=["forced", "sim"], default=None,
                     help="instead of the pipelines: per-worker unit costs (setup, per frame, peak RSS) on the frames of "
                          "an earlier serial run of this --size/--epochs")
+    ap.add_argument("--plan", action="store_true",
+                    help="instead of the pipelines: the paper's 5000² x 1000 field from the measured runs under --out")
     a = ap.parse_args(argv)
+    if a.plan:
+        from _common import print_table
+
+        res = plan(Path(a.out))
+        print(f"{res['size']}² px x {res['epochs']} epochs, {res['n_sources']:,} sources, "
+              f"{res['n_measurements']:,} measurements, association tiles {res['tile_px']} px")
+        print_table(res["rows"], "core-hours and wall hours per stage on N single-threaded workers")
+        print("\nbottleneck:", res["bottleneck"], "\nstorage [GB]:", {k: round(v, 1) for k, v in res["storage"].items()})
+        (Path(a.out) / "plan_5000x1000.json").write_text(json.dumps(res, indent=1) + "\n")
+        return 0
     if a.unit_costs:
         import torch
 
