@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from skyvar import paths
+from skyvar.pipeline.resume import Manifest, stable_hash
 from skyvar.utils.atomic import write_json_atomic, write_text_atomic
 from skyvar.utils.log import get_logger
 
@@ -206,13 +207,12 @@ def run_area(name: str, area: dict, mode: str, out: Path, ctx: dict, resume: boo
         return rec
     cmds = area_commands(area, mode, actx)
     rec["commands"] = [" ".join(shlex.quote(a) for a in c) for c in cmds]
-    done = adir / "_done.json"
-    if resume and done.exists():
-        try:
-            prev = json.loads(done.read_text())
-        except (OSError, ValueError):
-            prev = {}
-        if prev.get("commands") == rec["commands"]:
+    # resume (skyvar.pipeline.resume): an area already run to completion with the same command lines
+    done = Manifest(adir / "_done.json")
+    key = stable_hash({"commands": rec["commands"]})
+    if resume:
+        prev = done.valid(key)
+        if prev is not None:
             log.info("%s: already run with the same commands (%.0f s); re-reading its numbers", name, prev["wall_s"])
             rec.update(wall_s=prev["wall_s"], resumed=True)
             return rec
@@ -247,8 +247,8 @@ def run_area(name: str, area: dict, mode: str, out: Path, ctx: dict, resume: boo
             break
     rec["wall_s"] = round(time.perf_counter() - t0, 1)
     if rec["status"] == "ok":
-        write_json_atomic(done, {"commands": rec["commands"], "wall_s": rec["wall_s"], "mode": mode,
-                                 "finished": _dt.datetime.now().isoformat(timespec="seconds")})
+        done.write(key, {"commands": rec["commands"], "wall_s": rec["wall_s"], "mode": mode,
+                         "finished": _dt.datetime.now().isoformat(timespec="seconds")})
     return rec
 
 
