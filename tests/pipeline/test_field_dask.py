@@ -160,9 +160,9 @@ def test_killed_worker_is_retried_and_twice_killed_frame_reported(sim, tmp_path,
     s = _pipeline(out, sim, detector=killer, dask=DASK, **kw).run()
     m = s["stages"]["photometry"]["metrics"]
     assert m["n_frames"] == 15 and m["n_failed"] == 1
-    fails = json.loads((out / "failures.json").read_text())
+    fails = [f for f in json.loads((out / "failures.json").read_text()) if f.get("stage") == "photometry"]
     assert [Path(f["file"]).name for f in fails] == ["frame_0005.fits"]
-    assert fails[0]["stage"] == "photometry" and "died" in fails[0]["error"]
+    assert "died" in fails[0]["error"]
     # frame 3 killed its first worker and was rerun: its catalogue is the serial one
     ref = tmp_path / "ref"
     from skyvar.detect.batch import detect_files
@@ -174,7 +174,8 @@ def test_killed_worker_is_retried_and_twice_killed_frame_reported(sim, tmp_path,
     assert (out / "candidates.ecsv").exists()
     # the finished stage is reused as it stands (its failure with it)
     s1 = _pipeline(out, sim, detector=killer, dask=DASK, **kw).run()
-    assert s1["stages"]["photometry"]["reused"] and len(json.loads((out / "failures.json").read_text())) == 1
+    assert s1["stages"]["photometry"]["reused"]
+    assert sum(f.get("stage") == "photometry" for f in json.loads((out / "failures.json").read_text())) == 1
     # a run killed during photometry (no manifest, two catalogues missing): only the missing frames are
     # measured; the 13 catalogues written are kept untouched; frame 5 is tried (and fails) again
     (out / "photometry/_stage.json").unlink()
