@@ -210,6 +210,10 @@ def _detect_files_dask(detector, files, cat_dir, config_hash, fmt, resume, progr
     spec = DetectorSpec.of(detector).spilled(cat_dir)
     recs = run_tasks(detect_file_task, todo, spec, str(cat_dir), config_hash, fmt, client=client,
                      desc="detect", progress=progress)
+    if todo:
+        from skyvar.pipeline.distributed import drop_cached
+
+        client.run(drop_cached, f"detector:{spec.key}")  # the workers' detectors are done: free their memory
     by_file = dict(zip(todo, recs))
     cats, failures, stats = [], [], []
     wall = 0.0

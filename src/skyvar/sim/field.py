@@ -575,6 +575,9 @@ def simulate_field_to_disk(cfg: FieldSimConfig, progress: bool = True, client=No
                             progress=progress)
         finally:
             sim_file.unlink(missing_ok=True)
+            from skyvar.pipeline.distributed import drop_cached
+
+            client.run(drop_cached, "field-sim:")
         bad = [(e, r) for e, r in zip(todo, res) if isinstance(r, TaskFailed)]
         if bad:
             raise RuntimeError(f"simulating {len(bad)} epoch(s) failed, e.g. epoch {bad[0][0]}: {bad[0][1].error} "
