@@ -377,6 +377,12 @@ def drop_cached(prefix: str = "") -> int:
         for k in keys:
             del _CACHE[k]
     gc.collect()
+    try:  # hand the freed heap back to the OS, so the next stage starts small (glibc only)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     return len(keys)
 
 
