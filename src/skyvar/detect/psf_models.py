@@ -292,3 +292,63 @@ def psf_for_frame(frame, data_sub: np.ndarray | None = None, rms: float | None =
 
     bad = (frame.mask & (MASK_BAD | MASK_SATURATED)) > 0
     return empirical_psf(data_sub, bad, float(rms if rms is not None else np.std(data_sub)), sources)
+
+
+# ------------------------------------------------------------------------------------------ PSF files
+def normalise_to_stamp(model, norm_radius: int = 10):
+    """A copy of ``model`` (``ImagePSF``) scaled to unit flux within the (2R+1)² px square around a star
+    at phase 0, the convention of :func:`psf_from_header` (a smaller model: unit flux over its extent)."""
+    from photutils.psf import ImagePSF
+
+    u = np.arange(-norm_radius, norm_radius + 1, dtype=float)
+    xx, yy = np.meshgrid(u, u)
+    s = float(np.nansum(model.evaluate(xx.ravel(), yy.ravel(), 1.0, 0.0, 0.0)))
+    if not np.isfinite(s) or s <= 0:
+        raise ValueError("PSF model has no positive flux")
+    os_ = int(np.atleast_1d(model.oversampling)[0])  # square sampling throughout skyvar
+    return ImagePSF(np.asarray(model.data, float) / s, oversampling=os_, origin=tuple(float(o) for o in model.origin))
+
+
+def read_psf_file(path, norm_radius: int = 10) -> FramePSF:
+    """A PSF from a FITS file: the primary image is the pixel-integrated PSF sampled ``OVERSAMP`` times
+    per pixel (default 1), centred on its central sample (or on ``CRPIX1/2``-style ``PSFX0/PSFY0``, 0-indexed
+    samples); it is renormalised to unit flux within the (2R+1)² px square (:func:`normalise_to_stamp`)."""
+    from astropy.io import fits
+    from photutils.psf import ImagePSF
+
+    from skyvar.io.fits import FrameError
+
+    try:
+        with fits.open(path) as h:
+            data = np.asarray(h[0].data, float)
+            hdr = h[0].header
+    except (OSError, ValueError, TypeError) as e:
+        raise FrameError(f"{path}: cannot read the PSF file ({type(e).__name__}: {e})") from e
+    if data.ndim != 2 or not np.isfinite(data).all() or data.sum() <= 0:
+        raise FrameError(f"{path}: a PSF file needs a finite 2-D image with positive flux")
+    os_ = int(hdr.get("OVERSAMP", 1))
+    oy = float(hdr.get("PSFY0", (data.shape[0] - 1) / 2.0))
+    ox = float(hdr.get("PSFX0", (data.shape[1] - 1) / 2.0))
+    model = normalise_to_stamp(ImagePSF(data, oversampling=os_, origin=(ox, oy)), norm_radius)
+    return FramePSF(model=model, fwhm=_fwhm_of(model), source="file", note=f"PSF file {path}")
+
+
+def write_psf_file(path, psf, radius: int = 12, oversampling: int = 4) -> None:
+    """Write ``psf`` (FramePSF or photutils model) sampled ``oversampling`` times per pixel within
+    ±``radius`` px as a FITS file readable by :func:`read_psf_file`."""
+    from astropy.io import fits
+
+    from skyvar.utils.atomic import atomic_path
+
+    m = psf.model if hasattr(psf, "model") else psf
+    half = radius * oversampling
+    u = np.arange(-half, half + 1) / oversampling
+    xx, yy = np.meshgrid(u, u)
+    data = np.asarray(m.evaluate(xx.ravel(), yy.ravel(), 1.0, 0.0, 0.0), float).reshape(xx.shape)
+    hdr = fits.Header()
+    hdr["OVERSAMP"] = (oversampling, "samples per pixel")
+    hdr["PSFX0"] = (float(half), "0-indexed sample of the PSF centre (x)")
+    hdr["PSFY0"] = (float(half), "0-indexed sample of the PSF centre (y)")
+    hdr["COMMENT"] = "pixel-integrated PSF; value at an offset = fraction of a unit star's flux in that pixel"
+    with atomic_path(path) as tmp:
+        fits.PrimaryHDU(data.astype(np.float32), header=hdr).writeto(tmp, overwrite=True)

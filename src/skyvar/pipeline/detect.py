@@ -41,6 +41,7 @@ class DetectPipeline:
         resume: bool = True,
         progress: bool = True,
         logger: Any = None,
+        frame: dict | None = None,
     ):
         self.detector = detector
         self.out_dir = Path(out_dir)
@@ -52,6 +53,8 @@ class DetectPipeline:
         self.resume = resume
         self.progress = progress
         self.logger = logger
+        # values for header keys a frame lacks (read_frame's exptime/zp/rdnoise/gain; the config's frame.*)
+        self.frame_kw = {k: v for k, v in dict(frame or {}).items() if v is not None}
 
     # ------------------------------------------------------------------ steps
     def _simulated_inputs(self) -> tuple[Path, Path]:
@@ -76,7 +79,7 @@ class DetectPipeline:
             it = tqdm(files, desc=f"detect[{self.detector.name}]", unit="frame")
         for f in it:
             try:
-                frame = read_frame(f)
+                frame = read_frame(f, **self.frame_kw)
             except FrameError as e:
                 log.error("skipping %s: %s", f, e)
                 failures.append({"file": str(f), "stage": "read", "error": str(e)})

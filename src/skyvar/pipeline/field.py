@@ -141,7 +141,7 @@ class FieldPipeline:
                  forced: dict | None = None, associate: dict | None = None, lightcurves: dict | None = None,
                  candidates: dict | None = None, evaluate: dict | None = None, simulate: dict | None = None,
                  device: str = "auto", resume: bool = True, progress: bool = True, logger: Any = None,
-                 plots: bool = True, **_ignored):
+                 plots: bool = True, frame: dict | None = None, **_ignored):
         if detector is None:
             raise ValueError("pipeline=field needs a detector (detector=sep|pnet|photutils_psf)")
         self.out_dir = Path(out_dir)
@@ -165,6 +165,8 @@ class FieldPipeline:
         self.progress = bool(progress)
         self.logger_cfg = _plain(logger)
         self.plots = bool(plots)
+        # values for header keys a frame lacks (read_frame's exptime/zp/rdnoise/gain; the config's frame.*)
+        self.frame_kw = {k: v for k, v in dict(_plain(frame) or {}).items() if v is not None}
         self.failures: list[dict] = []
         self.skipped: list[dict] = []
         self.summary: dict[str, Any] = {"stages": {}}
@@ -406,7 +408,7 @@ class FieldPipeline:
             if len(frames) >= n:
                 break
             try:
-                frames.append(read_frame(f))
+                frames.append(read_frame(f, **self.frame_kw))
             except FrameError as e:
                 log.error("reference: skipping %s: %s", f, e)
                 failures.append({"file": str(f), "step": "read", "error": str(e)})
@@ -423,7 +425,7 @@ class FieldPipeline:
         from skyvar.utils.config import stable_hash as _h
 
         dp = DetectPipeline(detector=detector, out_dir=str(d), detector_config=cfg, resume=self.resume,
-                            progress=self.progress)
+                            progress=self.progress, frame=self.frame_kw)
         # Resume after an interruption: catalogues already written with this configuration are found
         # from their ECSV header alone (reading 1000 full catalogues would take minutes).
         want = _h({"detector": cfg})
@@ -459,7 +461,8 @@ class FieldPipeline:
         k = max(1, int(self.eval_cfg["detection_frames"]))
         idx = np.unique(np.linspace(0, len(catalogs) - 1, min(k, len(catalogs))).round().astype(int))
         m = evaluate_detections([catalogs[i] for i in idx], truth, out_dir=d, match_radii=self.eval_cfg["match_radii"],
-                                target_mag_max=float(self.eval_cfg["target_mag_max"]), plots_enabled=self.plots)
+                                target_mag_max=float(self.eval_cfg["target_mag_max"]), plots_enabled=self.plots,
+                                oracle=self.eval_cfg.get("oracle", True))
         keep = {q: m[q] for q in ("recall", "precision", "f1")}
         for r, s in m["by_radius"].items():
             keep[f"mean_abs_dm_r{r}"] = s["photometry"]["mean_abs_dm"]
