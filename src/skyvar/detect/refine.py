@@ -114,6 +114,23 @@ class PSFTables:
         return out
 
 
+def _tables_cached(models: list, radius: int, oversampling: int, device, dtype) -> PSFTables:
+    """Tables are cached on the (first) model object: a time series or a test reuses one PSF many times."""
+    key = (radius, oversampling, str(device), str(dtype), tuple(id(m) for m in models))
+    holder = models[0]
+    cache = getattr(holder, "_skyvar_psf_tables", None)
+    if cache is None:
+        cache = {}
+        try:
+            holder._skyvar_psf_tables = cache
+        except (AttributeError, TypeError):  # an object that takes no attributes: no cache
+            pass
+    if key not in cache:
+        cache.clear()  # one entry: the tables are a few MB
+        cache[key] = PSFTables(models, radius, oversampling, device, dtype)
+    return cache[key]
+
+
 def psf_tables_for(psf, x: np.ndarray, y: np.ndarray, radius: int = 11, oversampling: int = 16,
                    device="cpu", dtype=torch.float64) -> tuple[PSFTables, np.ndarray]:
     """Tables of a :class:`~skyvar.detect.psf_models.FramePSF` (position levels honoured through its
@@ -126,9 +143,9 @@ def psf_tables_for(psf, x: np.ndarray, y: np.ndarray, radius: int = 11, oversamp
             if k == len(models):
                 models.append(m)
             level[i] = k
-        return PSFTables(models, radius, oversampling, device, dtype), level
+        return _tables_cached(models, radius, oversampling, device, dtype), level
     model = psf.model if hasattr(psf, "model") else psf
-    return PSFTables([model], radius, oversampling, device, dtype), np.zeros(len(x), np.int64)
+    return _tables_cached([model], radius, oversampling, device, dtype), np.zeros(len(x), np.int64)
 
 
 # ---------------------------------------------------------------------------------------------- colouring
@@ -249,15 +266,17 @@ class CrowdedPSFFitter:
         self.static = torch.as_tensor(static.reshape(-1, 3), dtype=dt, device=dev)  # data, usable, background
         self.model = torch.zeros(self.Hp * self.Wp, dtype=dt, device=dev)
 
-        self.tables, level = psf_tables_for(psf, self.x0, self.y0, radius=Rmax + rf_int + 1,
+        # a fixed table extent (the largest model radius allowed), so one table serves every frame
+        self.tables, level = psf_tables_for(psf, self.x0, self.y0, radius=max(int(radius_max), rf_int) + rf_int + 1,
                                             oversampling=table_oversampling, device=dev, dtype=dt)
         self.level = torch.as_tensor(level, device=dev)
-        self.x = torch.as_tensor(self.x0, dtype=torch.float64, device=dev)
-        self.y = torch.as_tensor(self.y0, dtype=torch.float64, device=dev)
-        self.f = torch.as_tensor(f0, dtype=torch.float64, device=dev)
+        # copies (torch.tensor), never views of the start values: those are what a failed fit reverts to
+        self.x = torch.tensor(self.x0, dtype=torch.float64, device=dev)
+        self.y = torch.tensor(self.y0, dtype=torch.float64, device=dev)
+        self.f = torch.tensor(f0, dtype=torch.float64, device=dev)
         xi = np.clip(np.rint(self.x0).astype(int), 0, W - 1)
         yi = np.clip(np.rint(self.y0).astype(int), 0, H - 1)
-        self.s = torch.as_tensor(bkg[yi, xi] if n else np.zeros(0), dtype=torch.float64, device=dev)
+        self.s = torch.tensor(bkg[yi, xi] if n else np.zeros(0), dtype=torch.float64, device=dev)
         self.status = np.where(self.fit_mask, FIT_OK, FIT_FIXED).astype(np.int64)
         self.frozen = torch.as_tensor(~self.fit_mask, device=dev)
         self.err = {k: torch.full((n,), float("nan"), dtype=torch.float64, device=dev)

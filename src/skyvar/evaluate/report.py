@@ -265,9 +265,7 @@ def compare_to_oracle(pairs: dict, opairs: dict, m: dict, om: dict, edges: np.nd
         k = plots._key(r)
         s, so = m["by_radius"][k], om["by_radius"][k]
         o = opairs[r]
-        a = df[df["tp"]].set_index(["frame", "truth_idx"])
-        b = o[o["tp"]].set_index(["frame", "truth_idx"])
-        j = a.join(b, how="inner", lsuffix="", rsuffix="_o")
+        j = df[df["tp"]].merge(o[o["tp"]], on=["frame", "truth_idx"], how="inner", suffixes=("", "_o"))
         mt = j["m_true"].to_numpy(float)
 
         def ratio(x, y):
