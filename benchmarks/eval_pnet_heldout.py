@@ -12,9 +12,10 @@ never used in training (training frames use seeds/regions >= 1000) nor in tuning
   detector builds an empirical PSF from the frame (the oracle reads the true PSF from a ``psf.fits``
   beside the truth);
 
-runs ``infer.py pipeline=detect`` equivalents (``DetectPipeline``) for PNet (refined, the default), the
-pure network (``--raw``), sep and photutils_psf (``--baselines``), each report with the oracle beside
-it, and prints the summary, the per-bin comparison with the oracle and the acceptance checks.
+runs ``infer.py pipeline=detect`` equivalents (``DetectPipeline``) for PNet (refined, the default, at
+its 1 px operating point and with ``operating_radius=0.1``), the pure network (``--raw``), sep and
+photutils_psf (``--baselines``), each report with the oracle beside it, and prints the summary, the
+per-bin comparison with the oracle and the acceptance checks.
 
     python benchmarks/eval_pnet_heldout.py [--out results/pnet] [--frames default optical nopsf]
         [--baselines] [--raw] [--tta] [--figures docs/figures/pnet]
@@ -166,7 +167,7 @@ def main() -> None:
     rows, summary = [], {}
     for name in a.frames:
         d = ensure_frame(name, Path(a.data))
-        variants = [("pnet", dict())]
+        variants = [("pnet", dict()), ("pnet_r0.1", dict(operating_radius=0.1))]
         if a.raw:
             variants.append(("pnet_raw", dict(refine=False, report_mag_max=None)))
         if a.tta:
@@ -183,7 +184,7 @@ def main() -> None:
                 chk = checks(m, out / "report")
                 summary[f"{name}/{tag}"]["checks"] = chk
                 print_table(chk, f"{name}: PNet + refinement against the oracle and the issue's targets (1 px matches)")
-            if a.figures and tag in ("pnet", "pnet_raw"):
+            if a.figures and tag in ("pnet", "pnet_raw", "pnet_r0.1"):
                 save_figures(Path(a.figures), f"{name}_{tag}", out)
         if a.baselines:
             from hydra.utils import instantiate

@@ -70,3 +70,25 @@ def test_harness_runs_the_oracle_beside_a_detector(sim, tmp_path):
     assert (tmp_path / "rep" / "oracle" / "frame_0000.ecsv").exists()  # cached for reruns
     m0 = evaluate_detections([cat], sim / "truth.ecsv", None, oracle=False)
     assert "oracle" not in m0
+
+
+def test_header_psf_only_when_the_header_determines_it(tmp_path):
+    """The simulator writes no aberrations or Moffat shape: such headers give no PSF (detectors build an
+    ePSF), while the oracle reads the full configuration written beside the truth."""
+    from astropy.io import fits
+    from omegaconf import OmegaConf
+
+    from skyvar.detect.psf_models import psf_from_header, psf_from_sim_config
+    from skyvar.sim.psf import PSFConfig
+
+    hdr = fits.Header({"PSFMODEL": "optical", "PSFJITTR": 0.06, "PSFDIL": 1.0, "PIXSCALE": 0.074})
+    assert psf_from_header(hdr) is None
+    hdr["PSFMODEL"] = "airy"
+    airy = psf_from_header(hdr)
+    assert airy is not None and airy.source == "simulator"
+    cfg = FieldSimConfig(psf=PSFConfig(model="optical", defocus=0.3, astig1=0.2))
+    p = tmp_path / "sim_config.yaml"
+    p.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    opt = psf_from_sim_config(p)
+    assert opt is not None and opt.fwhm > 1.1 * airy.fwhm  # the aberrations broaden it
+    assert psf_from_sim_config(tmp_path / "missing.yaml") is None

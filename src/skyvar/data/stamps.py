@@ -342,7 +342,6 @@ class GridStamps(_StampBase):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         fi, x0, y0 = self.index[i]
         f = self.frames[fi]
-        S = self.S
         rng = np.random.default_rng([self.seed, 5, i])
         img, mask, bkg = self._noisy_stamp(f, x0, y0, 1.0, float(f["sky_e"]), rng)
         x, y, flux, mag = self._truth_in(f, x0, y0)

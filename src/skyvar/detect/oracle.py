@@ -105,15 +105,19 @@ class OracleDetector(Detector):
         self.device = resolve_device(device)
 
     def _psf(self, frame: Frame):
-        from skyvar.detect.psf_models import psf_from_header, read_psf_file
+        """The true PSF: a ``psf.fits`` beside the truth, else the simulator's configuration beside it (every
+        parameter, aberrations included), else the frame header (the default Airy PSF only)."""
+        from skyvar.detect.psf_models import psf_from_header, psf_from_sim_config, read_psf_file
 
-        p = psf_from_header(frame.header)
+        sidecar = self.truth_path.parent / "psf.fits"
+        if sidecar.exists():
+            return read_psf_file(sidecar)
+        p = psf_from_sim_config(self.truth_path.parent / "sim_config.yaml")
         if p is None:
-            sidecar = self.truth_path.parent / "psf.fits"
-            if sidecar.exists():
-                return read_psf_file(sidecar)
-            raise ValueError(f"{frame.path}: the oracle needs the frame's true PSF (the simulator's PSF header keys, "
-                             f"or {sidecar})")
+            p = psf_from_header(frame.header)
+        if p is None:
+            raise ValueError(f"{frame.path}: the oracle needs the frame's true PSF ({sidecar}, the simulator's "
+                             f"sim_config.yaml beside the truth, or its header keys)")
         return p
 
     def _detect(self, frame: Frame) -> Table:

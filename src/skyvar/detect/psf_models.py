@@ -76,27 +76,63 @@ def has_sim_psf(header) -> bool:
 
 def psf_from_header(header, oversampling: int = 8, norm_radius: int = 10, model_radius: int | None = None,
                     psf_levels: int = 5) -> FramePSF | None:
-    """The simulator's PSF for a frame header, or None when the header lacks the simulator's keys.
+    """The simulator's PSF for a frame header, or None when the header does not determine it.
 
     ``oversampling`` must divide the simulator's 64-per-pixel grid. ``model_radius`` (px, default
-    ``norm_radius``) is the half-size of the model image.
+    ``norm_radius``) is the half-size of the model image. The header determines the PSF only for the
+    default ``airy`` model (wavelength and aperture fixed, jitter ``PSFJITTR`` and dilation ``PSFDIL``
+    given): the simulator does not write an OpticalPSF's aberrations or a Moffat's shape, so for those
+    models the header PSF would be wrong (an aberrated frame's fluxes came out 13 % low with it) and
+    None is returned — detectors then build an empirical PSF, and the oracle reads the simulator's
+    configuration (:func:`psf_from_sim_config`).
     """
     if not has_sim_psf(header):
         return None
     from skyvar.sim.psf import PSFConfig
 
     model_name = str(header["PSFMODEL"]).strip().lower()
+    if model_name != "airy":
+        log.info("header PSF model %r is not fully described by the header; no header PSF", model_name)
+        return None
     cfg = PSFConfig(model=model_name, jitter_sigma_arcsec=float(header["PSFJITTR"]),
                     dilate=float(header.get("PSFDIL", 1.0)))
-    pixscale = float(header["PIXSCALE"])
-    variation = float(header.get("PSFVAR", 0.0) or 0.0)
-    key = (tuple(sorted(dataclasses.asdict(cfg).items())), pixscale, int(oversampling), int(norm_radius),
+    ny, nx = int(header.get("NAXIS2", 0) or 0), int(header.get("NAXIS1", 0) or 0)
+    return frame_psf_from_config(cfg, float(header["PIXSCALE"]), float(header.get("PSFVAR", 0.0) or 0.0), nx, ny,
+                                 oversampling, norm_radius, model_radius, psf_levels)
+
+
+def psf_from_sim_config(path, header=None, oversampling: int = 8, norm_radius: int = 10) -> FramePSF | None:
+    """The exact PSF of a :mod:`skyvar.sim.field` frame from the ``sim_config.yaml`` written beside its
+    truth (every PSF parameter, aberrations included); None when the file is missing or unreadable."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        from omegaconf import OmegaConf
+
+        from skyvar.sim.field import FieldSimConfig
+
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FieldSimConfig), OmegaConf.load(path)))
+    except Exception as e:  # a foreign or damaged file
+        log.warning("cannot read the simulator configuration %s (%s: %s)", path, type(e).__name__, e)
+        return None
+    ny, nx = cfg.shape
+    return frame_psf_from_config(cfg.psf, cfg.pixel_scale, cfg.psf_variation, nx, ny, oversampling, norm_radius,
+                                 None, cfg.psf_levels)
+
+
+def frame_psf_from_config(cfg, pixscale: float, variation: float, nx: int, ny: int, oversampling: int = 8,
+                          norm_radius: int = 10, model_radius: int | None = None, psf_levels: int = 5) -> FramePSF:
+    """FramePSF of a :class:`skyvar.sim.psf.PSFConfig` drawn as the simulator draws it (see the module
+    docstring), with its variation across an nx x ny frame."""
+    key = (tuple(sorted(dataclasses.asdict(cfg).items())), float(pixscale), int(oversampling), int(norm_radius),
            int(model_radius or norm_radius))
     base = _sim_image_psf(key, 1.0)
-    note = f"simulator PSF ({model_name}, jitter {cfg.jitter_sigma_arcsec}\", dilate {cfg.dilate})"
+    note = f"simulator PSF ({cfg.model}, jitter {cfg.jitter_sigma_arcsec}\", dilate {cfg.dilate})"
     at = None
     if variation:
-        ny, nx = int(header.get("NAXIS2", 0) or 0), int(header.get("NAXIS1", 0) or 0)
         levels = max(int(psf_levels), 2)
         scales = 1.0 + variation * (np.arange(levels) / (levels - 1) - 0.5)
         note += f"; varies by {variation:+.2%} across the frame ({levels} levels)"

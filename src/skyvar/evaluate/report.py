@@ -349,7 +349,9 @@ def markdown_report(results: dict, paper: dict | None = None) -> str:
             for b in range(len(e) - 1):
                 if pb["n_targets"][b] == 0 and pb["fp"][b] == 0:
                     continue
-                g = lambda q: pb[q][b] if q in pb else None  # noqa: E731
+                def g(q, pb=pb, b=b):
+                    return pb[q][b] if q in pb else None
+
                 lines.append(f"| {e[b]:.1f}–{e[b + 1]:.1f} | {pb['n_targets'][b]} | {_fmt(pb['recall'][b])} | "
                              f"{_fmt(pb['precision'][b])} | {_fmt(pb['f1'][b])} | {_fmt(pb['phot_bias'][b])} | "
                              f"{_fmt(pb['phot_scatter'][b])} | {_fmt(g('phot_median_abs'))} | "
