@@ -92,3 +92,22 @@ def test_header_psf_only_when_the_header_determines_it(tmp_path):
     opt = psf_from_sim_config(p)
     assert opt is not None and opt.fwhm > 1.1 * airy.fwhm  # the aberrations broaden it
     assert psf_from_sim_config(tmp_path / "missing.yaml") is None
+
+
+def test_detector_configs_instantiate(sim):
+    from conftest import ROOT
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("infer", overrides=["detector=oracle", f"truth={sim / 'truth.ecsv'}", "paths.root_dir=.",
+                                          "device=cpu"])
+        pcfg = compose("infer", overrides=["detector=pnet", f"paths.root_dir={ROOT}", "device=cpu",
+                                           "detector.operating_radius=0.1"])
+    det = instantiate(cfg.detector)
+    assert det.name == "oracle" and det.n_iter == 4
+    p = instantiate(pcfg.detector)
+    assert p.refine and not p.tta and p.report_mag_max < 25.0  # the 0.1 px operating point's target limit
+    assert p.refine_err_scale > 1.0

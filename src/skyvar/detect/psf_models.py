@@ -71,7 +71,10 @@ class FramePSF:
 
 # ------------------------------------------------------------------------------------------ simulator
 def has_sim_psf(header) -> bool:
-    return header is not None and all(k in header for k in SIM_PSF_KEYS)
+    """True when the header determines the simulator's PSF: its keys are there and the model is the
+    default Airy (the simulator writes no aberrations or Moffat shape; see :func:`psf_from_header`)."""
+    return (header is not None and all(k in header for k in SIM_PSF_KEYS)
+            and str(header["PSFMODEL"]).strip().lower() == "airy")
 
 
 def psf_from_header(header, oversampling: int = 8, norm_radius: int = 10, model_radius: int | None = None,
@@ -91,9 +94,6 @@ def psf_from_header(header, oversampling: int = 8, norm_radius: int = 10, model_
     from skyvar.sim.psf import PSFConfig
 
     model_name = str(header["PSFMODEL"]).strip().lower()
-    if model_name != "airy":
-        log.info("header PSF model %r is not fully described by the header; no header PSF", model_name)
-        return None
     cfg = PSFConfig(model=model_name, jitter_sigma_arcsec=float(header["PSFJITTR"]),
                     dilate=float(header.get("PSFDIL", 1.0)))
     ny, nx = int(header.get("NAXIS2", 0) or 0), int(header.get("NAXIS1", 0) or 0)
