@@ -16,7 +16,7 @@ the Cramér–Rao expectation for isolated stars (``skyvar.sim.field_validation.
 
 ``n_iter`` matters, and the reports say which was used: the fit starts at the truth, and the few
 sweeps a refinement makes keep it closer to the truth than a fit run to convergence (on the held-out
-default frame recall at 0.1 px is 0.71 / 0.69 / 0.67 / 0.66 after 2 / 4 / 8 / 16 sweeps; the
+default frame recall at 0.1 px is 0.713 / 0.689 / 0.673 / 0.662 after 2 / 4 / 8 / 16 sweeps; the
 converged least-squares solution of a faint star beside a bright one wanders). The default equals the
 refinement's, so "PNet + refinement versus oracle" compares the same estimator started from PNet's
 catalogue and from the truth.
