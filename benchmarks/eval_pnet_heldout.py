@@ -156,7 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "results" / "pnet"))
     ap.add_argument("--data", default=str(ROOT / "datasets" / "heldout"))
-    ap.add_argument("--checkpoint", default=str(ROOT / DEFAULT_CHECKPOINT))
+    ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     ap.add_argument("--frames", nargs="+", default=["default", "optical", "nopsf"])
     ap.add_argument("--baselines", action="store_true", help="also sep and photutils_psf on every frame")
     ap.add_argument("--raw", action="store_true", help="also the pure network (detector.refine=false)")
@@ -169,7 +169,7 @@ def main() -> None:
         d = ensure_frame(name, Path(a.data))
         variants = [("pnet", dict()), ("pnet_r0.1", dict(operating_radius=0.1))]
         if a.raw:
-            variants.append(("pnet_raw", dict(refine=False, report_mag_max=None)))
+            variants.append(("pnet_raw", dict(refine=False)))
         if a.tta:
             variants.append(("pnet_tta", dict(tta=True)))
         for tag, kw in variants:
@@ -191,7 +191,9 @@ def main() -> None:
             from omegaconf import OmegaConf
 
             for bname in ("sep", "photutils_psf"):
-                cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "detector" / f"{bname}.yaml"))
+                from skyvar import paths
+
+                cfg = OmegaConf.to_container(OmegaConf.load(paths.conf_dir() / "detector" / f"{bname}.yaml"))
                 out = Path(a.out) / f"{name}_{bname}"
                 m, sec = run_detector(bname, instantiate(cfg), d, out, cfg)
                 row = summary_row(name, bname, m)

@@ -13,9 +13,9 @@ therefore quotes sqrt((a σ_fit)² + b²); this script fits the scale a and the 
 robust spread of (m − m_true)/mag_err is 1 in every 0.5-mag bin from i = 18 to 25 (least squares in
 log pull σ over the bins), and with ``--write`` stores them in the checkpoint's metadata
 (``refine_err_scale``, ``refine_err_floor``, ``refined_operating_points``), where ``PNetDetector``
-reads them.
+reads them (for a release, the model card's SHA-256 line is updated with it).
 
-    python benchmarks/tune_pnet_refined.py [--checkpoint models/pnet-csst/pnet.pt] [--write]
+    python benchmarks/tune_pnet_refined.py [--checkpoint pnet-csst] [--write]
 
 The tuning frame: 1024², seed 12, region 12 (``python -m skyvar.sim field out_dir=datasets/tune/default
 seed=12 region=12 size=1024``), simulated when missing.
@@ -89,7 +89,7 @@ def operating_points(checkpoint: str, frame, truth_path: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--checkpoint", default=str(ROOT / DEFAULT_CHECKPOINT))
+    ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="a release name or a checkpoint file")
     ap.add_argument("--data", default=str(ROOT / "datasets" / "tune" / "default"))
     ap.add_argument("--write", action="store_true", help="store the fitted values in the checkpoint's metadata")
     ap.add_argument("--skip-operating-points", action="store_true")
@@ -127,7 +127,10 @@ def main() -> None:
     if a.write:
         import torch
 
-        ck = torch.load(a.checkpoint, map_location="cpu", weights_only=False)
+        from skyvar.models.registry import RELEASES, checkpoint_path, update_card_sha256
+
+        path = checkpoint_path(a.checkpoint)
+        ck = torch.load(path, map_location="cpu", weights_only=False)
         ck.setdefault("meta", {}).update(refine_err_scale=round(scale, 3), refine_err_floor=round(floor, 5),
                                          refine_err_calibration=f"benchmarks/tune_pnet_refined.py on {Path(a.data).name} "
                                                                 f"(seed 12): pull sigma per 0.5-mag bin i = 18-25")
@@ -135,9 +138,11 @@ def main() -> None:
             ck["meta"]["refined_operating_points"] = ops
         from skyvar.utils.atomic import atomic_path
 
-        with atomic_path(a.checkpoint) as tmp:
+        with atomic_path(path) as tmp:
             torch.save(ck, tmp)
-        print(f"wrote refine_err_scale/floor into {a.checkpoint}")
+        if a.checkpoint in RELEASES:
+            update_card_sha256(a.checkpoint)
+        print(f"wrote refine_err_scale/floor and the operating points into {path}")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,11 @@ def test_end_to_end_candidates_and_evaluation(first_run, sim):
     assert (out / "eval_classification" / "metrics.json").exists()
     for p in ("plots/scatter_vs_mag.png", "eval_lightcurves/scatter_vs_mag.png", "eval_detection/fig7_f1.png"):
         assert (out / p).stat().st_size > 1000, p
-    assert json.loads((out / "failures.json").read_text()) == []
+    # nothing failed; light curves with no usable point (every epoch flagged, e.g. saturated) are named
+    # per source and band by the light-curve pipeline's cleaning verdicts (issue 15), not failures of a step
+    fails = json.loads((out / "failures.json").read_text())
+    assert [f for f in fails if f.get("step") != "clean"] == []
+    assert all("source_id" in f and "masked by flags" in f["reason"] for f in fails)
 
 
 def test_rerun_reuses_every_stage(first_run, sim):
@@ -97,7 +101,7 @@ def test_rerun_reuses_every_stage(first_run, sim):
     assert ran and all(v.get("reused") for v in ran.values()), ran
     # a run killed during photometry: no manifest, some catalogues missing -> only those frames are redone
     (out / "photometry" / "_stage.json").unlink()
-    for c in sorted((out / "photometry" / "catalogs").glob("*.ecsv"))[:2]:
+    for c in sorted((out / "photometry" / "catalogs").glob("*.parquet"))[:2]:
         c.unlink()
     s_int = _pipeline(out, sim).run()
     m = s_int["stages"]["photometry"]["metrics"]
@@ -117,7 +121,8 @@ def test_bad_frame_is_reported_with_stage_and_file(sim, tmp_path):
     (frames / "frame_0013.fits").write_bytes(b"not a FITS file at all" * 10)
     out = tmp_path / "run"
     s = _pipeline(out, sim, frames=frames, plots=False).run()
-    fails = json.loads((out / "failures.json").read_text())
+    # (light curves rejected by cleaning are listed too, by source and band: step "clean")
+    fails = [f for f in json.loads((out / "failures.json").read_text()) if f.get("step") != "clean"]
     files = {f["file"] for f in fails}
     assert str(bad) in files and str(frames / "frame_0013.fits") in files
     assert all(f["stage"] == "photometry" and f["error"] for f in fails)
@@ -172,7 +177,7 @@ def test_classical_forced_photometry_path(sim, tmp_path):
                   detector={"_target_": "skyvar.detect.sep_baseline.SepDetector", "name": "sep"}).run()
     assert s["photometry"] == "forced" and s["name"] == "sep+forced_psf"
     ref = Table.read(tmp_path / "run" / "reference" / "reference.ecsv")
-    cat = Table.read(sorted((tmp_path / "run" / "photometry" / "catalogs").glob("*.ecsv"))[3])
+    cat = Table.read(sorted((tmp_path / "run" / "photometry" / "catalogs").glob("*.parquet"))[3])
     assert len(cat) == len(ref) and np.allclose(cat["x"], ref["x"])  # the reference positions, every frame
     lc = json.loads((tmp_path / "run" / "eval_lightcurves" / "metrics.json").read_text())
     assert lc["scatter_at_22"] is None or lc["scatter_at_22"] < 0.05
@@ -202,5 +207,5 @@ def test_pnet_reference_with_forced_photometry_is_the_default(sim, tmp_path):
                   detector={"_target_": "skyvar.detect.pnet.PNetDetector", "name": "pnet", "device": "cpu"}).run()
     assert s["photometry"] == "forced" and s["name"] == "pnet+forced_psf"
     ref = Table.read(tmp_path / "run" / "reference" / "reference.ecsv")
-    cat = Table.read(sorted((tmp_path / "run" / "photometry" / "catalogs").glob("*.ecsv"))[5])
+    cat = Table.read(sorted((tmp_path / "run" / "photometry" / "catalogs").glob("*.parquet"))[5])
     assert len(ref) > 10 and len(cat) == len(ref) and np.allclose(cat["x"], ref["x"])

@@ -91,7 +91,7 @@ class OracleDetector(Detector):
         if truth is None:
             raise ValueError("detector=oracle needs the truth table (truth=<truth.ecsv>); it is for evaluation only")
         from skyvar.evaluate.report import TruthSet
-        from skyvar.inference import resolve_device
+        from skyvar.device import resolve_device
 
         self.name = name
         self.truth_path = Path(truth)

@@ -42,7 +42,7 @@ FLAG_NO_COORDS = 8
 
 
 def _device(name: str | None) -> str:
-    from skyvar.inference import resolve_device
+    from skyvar.device import resolve_device
 
     return resolve_device(name)
 
@@ -91,6 +91,8 @@ def group_stars(ra, dec, radius_arcsec: float = 3.0) -> np.ndarray:
 
 
 class BinarySpectraPipeline:
+    """Single-epoch LAMOST LRS files -> SpecNet binary probabilities (see the module documentation)."""
+
     def __init__(self, model: str, input: Any, out_dir: str, truth: str | None = None, device: str = "auto",
                  batch_size: int = 256, calibrated: bool = True, min_snr: float = 20.0,
                  star_match_radius: float = 3.0, fgk_only_flag: bool = True):
@@ -243,7 +245,7 @@ def bootstrap_ci(fn, *arrays, n_boot: int = 500, seed: int = 0, stratify=None):
 
 @dataclasses.dataclass
 class EvalConfig:
-    checkpoint: str = "models/specnet-lamost/specnet.ckpt"
+    checkpoint: str = "specnet-lamost"  # a release name or a checkpoint file
     data: str = "lamost_lrs"  # conf/data/<name>.yaml; its preprocessing is replaced by the checkpoint's
     data_dir: str | None = None  # default: the config's (datasets/lamost_lrs)
     data_overrides: list = dataclasses.field(default_factory=list)  # Hydra overrides, e.g. ["data.sim.n_single=60"]
@@ -257,20 +259,17 @@ class EvalConfig:
 
 
 def _datamodule(cfg: EvalConfig, preprocess: dict):
-    import os
 
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    root = Path(os.environ.get("SKYVAR_ROOT", Path(__file__).resolve().parents[3]))
-    GlobalHydra.instance().clear()
-    over = [f"data={cfg.data}", "paths.output_dir=.", f"paths.root_dir={root}"]
+    from skyvar.utils.config import compose_config
+
+    over = [f"data={cfg.data}", "paths.output_dir=.", "logger=none"]
     if cfg.data_dir:
         over.append(f"data.data_dir={cfg.data_dir}")
     over += list(cfg.data_overrides)
-    with initialize_config_dir(str(root / "conf"), version_base="1.3"):
-        c = compose("train", overrides=over)
+    c = compose_config("train", over)
     GlobalHydra.instance().clear()
     c.data.preprocess = preprocess
     return instantiate(c.data)
@@ -393,14 +392,19 @@ def _store_temperature(path: str, T: float) -> None:
     """Write the fitted temperature into the checkpoint's state dict; optimizer state is dropped."""
     import torch
 
+    from skyvar.models import registry
     from skyvar.utils.atomic import atomic_path
 
+    release = path if path in registry.RELEASES else None
+    path = registry.checkpoint_path(path)
     ck = torch.load(path, map_location="cpu", weights_only=False)
     ck["state_dict"]["temperature"] = torch.tensor(float(T))
     for k in ("optimizer_states", "lr_schedulers"):
         ck.pop(k, None)
     with atomic_path(path) as tmp:
         torch.save(ck, tmp)
+    if release is not None:  # the card states the checkpoint's checksum
+        registry.update_card_sha256(release)
 
 
 def _figures(fig_dir: Path, p, pc, yt, th, prec, q_edges, frac_q, fpr, tpr, res) -> None:

@@ -45,6 +45,9 @@ RV_COLUMNS = ["source", "ra", "dec", "time", "hjd", "spectrograph", "fiberid", "
 
 
 class RVPipeline:
+    """Multi-epoch spectra -> relative radial velocities and exposure zero points (see the module
+    documentation)."""
+
     def __init__(self, out_dir: str, input: str | list | None = None, truth: str | None = None,
                  kind: str = "single", arms: list[str] | tuple[str, ...] = ("R", "B"), first_arm: str = "R",
                  windows: dict | None = None, min_snr: float = 0.0, batch_size: int = 2048, device: str = "auto",
