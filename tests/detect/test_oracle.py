@@ -101,7 +101,7 @@ def test_detector_configs_instantiate(sim):
     from hydra.utils import instantiate
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "src" / "skyvar" / "conf"), version_base="1.3"):
         cfg = compose("infer", overrides=["detector=oracle", f"truth={sim / 'truth.ecsv'}", "paths.root_dir=.",
                                           "device=cpu"])
         pcfg = compose("infer", overrides=["detector=pnet", f"paths.root_dir={ROOT}", "device=cpu",

@@ -44,10 +44,19 @@ def test_released_checkpoint_is_small_and_loads_without_hydra():
 
 
 def test_operating_radius_selects_the_validation_threshold():
+    """The network alone uses the validation threshold per match radius; with the refinement (the
+    default) the operating point tuned for the refined catalogue (threshold and target limit)."""
     _, meta = load_pnet(CKPT)
     by_radius = meta["threshold_by_radius"]
-    assert PNetDetector(checkpoint=str(CKPT), device="cpu").threshold == pytest.approx(by_radius["1"])
-    assert PNetDetector(checkpoint=str(CKPT), device="cpu", operating_radius=0.1).threshold == pytest.approx(by_radius["0.1"])
+    raw = dict(checkpoint=str(CKPT), device="cpu", refine=False)
+    assert PNetDetector(**raw).threshold == pytest.approx(by_radius["1"])
+    assert PNetDetector(**raw, operating_radius=0.1).threshold == pytest.approx(by_radius["0.1"])
+    assert PNetDetector(**raw).report_mag_max == pytest.approx(meta["target_mag_max"])
+    ops = meta["refined_operating_points"]
+    for r in ("1", "0.1"):
+        d = PNetDetector(checkpoint=str(CKPT), device="cpu", operating_radius=float(r))
+        assert d.threshold == pytest.approx(ops[r]["threshold"])
+        assert d.report_mag_max == pytest.approx(ops[r]["report_mag_max"])
     assert PNetDetector(checkpoint=str(CKPT), device="cpu", threshold=0.5, operating_radius=0.1).threshold == 0.5
 
 
