@@ -80,7 +80,9 @@ class TruthSet:
 def _load_catalog(c) -> Table:
     if isinstance(c, Table):
         return c
-    return Table.read(c, format="ascii.ecsv" if str(c).endswith(".ecsv") else None)
+    from skyvar.io.catalog import read_catalog_table
+
+    return read_catalog_table(c)
 
 
 def evaluate_detections(
