@@ -31,6 +31,14 @@ exact for isolated stars, within a few per cent of ``sqrt(diag(M⁻¹))`` for bl
 without the cost of inverting the full matrix. ``chi2`` is the PSF-weighted mean of the squared
 normalised residuals in the star's stamp (≈ 1 for a good fit).
 
+Series state and frame order: a frame's result must not depend on which frames were measured before
+it (a resumed run, or frames spread over Dask workers, measure them in another order). The *series
+frame* (``series_frame``: the first frame of the series; default the first frame measured) fixes the
+weights and fit radii of every frame at its positions, and its saturated pixels are left out of every
+frame; each frame also leaves out its own saturated pixels (a new factorisation for the tiles where
+those differ, cached), but they do not carry over to later frames. A frame shifted to other positions
+gets a system of its own, built from that frame.
+
 Conventions: 0-indexed pixel centres (DESIGN.md §3), fluxes in electrons. A star whose stamp holds no
 usable pixel gets NaN flux and ``FLAG_FIT_FAILED``; ``FLAG_BLENDED`` marks stars with a neighbour
 within ``blend_radius`` px.
@@ -426,13 +434,15 @@ class ForcedPSFDetector(Detector):
     preferably ``ra, dec`` (used with each frame's WCS, so pointing offsets are followed) and ``flux``
     (electrons, sets the fit radii). The PSF is the frame's (:func:`skyvar.detect.psf_models.psf_for_frame`
     with ``psf``: ``auto`` = the simulator header when present, else an ePSF from the frame). Output
-    columns beyond the contract: ``ref_id, chi2, local_bkg`` and the reference's ``target`` flag when it has one.
+    columns beyond the contract: ``ref_id, chi2, local_bkg`` and the reference's ``target`` flag when it
+    has one. ``series_frame``: the frame file that fixes the weights, fit radii and saturation mask of
+    the series (module doc); default the first frame measured.
     """
 
     def __init__(self, reference=None, name: str = "forced_psf", psf: str = "auto", radius_min: int = 3,
                  radius_max: int = 10, wing_tolerance: float = 0.5, bkg_box: int = 32, tile: int = 256,
                  overlap: int = 32, position_tolerance: float = 0.01, use_wcs: bool = True,
-                 blend_radius: float = 2.0, max_neighbours: int = 24):
+                 blend_radius: float = 2.0, max_neighbours: int = 24, series_frame: str | None = None):
         self.name = name
         self.psf_mode = psf
         self.kw = dict(radius_min=int(radius_min), radius_max=int(radius_max), wing_tolerance=float(wing_tolerance),
@@ -441,8 +451,10 @@ class ForcedPSFDetector(Detector):
         self.position_tolerance = float(position_tolerance)
         self.use_wcs = bool(use_wcs)
         self.reference: Table | None = None
-        self._engine: ForcedPSFPhotometry | None = None
+        self.series_frame = None if series_frame in (None, "") else str(series_frame)
+        self._engine: ForcedPSFPhotometry | None = None  # the series engine (weights of the series frame)
         self._engine_key = None
+        self._series_sat: np.ndarray | None = None
         if reference is not None:
             self.set_reference(reference)
 
@@ -461,6 +473,7 @@ class ForcedPSFDetector(Detector):
         self.reference = reference
         self._engine = None
         self._engine_key = None
+        self._series_sat = None
 
     def positions(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
         ref = self.reference
@@ -493,23 +506,54 @@ class ForcedPSFDetector(Detector):
                      "flux": self.reference["flux"] if "flux" in self.reference.colnames else np.ones(len(self.reference))})
         return psf_for_frame(frame, data_sub=frame.data - back, rms=rms, sources=src, mode="epsf")
 
-    def _detect(self, frame: Frame) -> Table:
-        if self.reference is None:
-            raise RuntimeError("ForcedPSFDetector needs a reference catalogue (set_reference) before detect()")
+    def _geometry(self, frame: Frame):
         x, y = self.positions(frame)
         psf = self._psf(frame)
         key = (frame.shape, getattr(psf, "note", repr(psf)), round(float(getattr(psf, "fwhm", 0.0)), 6),
                hashlib.sha1(np.round(np.c_[x, y], 4).tobytes()).hexdigest())
+        return x, y, psf, key
+
+    def _new_engine(self, frame: Frame, x, y, psf) -> ForcedPSFPhotometry:
+        flux_ref = np.asarray(self.reference["flux"], float) if "flux" in self.reference.colnames else None
+        sky_sigma = float(np.sqrt(frame.rdnoise**2 + max(float(np.nanmedian(frame.data)), 0.0)))
+        eng = ForcedPSFPhotometry(psf, frame.shape, x, y, flux_ref=flux_ref, sky_sigma=sky_sigma, **self.kw)
+        # weights from this frame's model, its saturated (and bad) pixels left out
+        eng._sticky |= (frame.mask & MASK_SATURATED) > 0
+        eng.init_weights(frame.data, eng._sticky | ((frame.mask & MASK_BAD) > 0), read_var=frame.rdnoise**2)
+        return eng
+
+    def _start_series(self, frame: Frame, geometry) -> None:
+        """Fix the series state from the series frame (``frame`` when no ``series_frame`` path is set)."""
+        sf = frame
+        if self.series_frame is not None and (frame.path is None or
+                                              Path(frame.path).resolve() != Path(self.series_frame).resolve()):
+            from skyvar.io.fits import read_frame
+
+            sf = read_frame(self.series_frame)
+            geometry = self._geometry(sf)
+        x, y, psf, key = geometry
+        self._engine = self._new_engine(sf, x, y, psf)
+        self._engine_key = key
+        self._series_sat = (sf.mask & MASK_SATURATED) > 0
+
+    def _detect(self, frame: Frame) -> Table:
+        if self.reference is None:
+            raise RuntimeError("ForcedPSFDetector needs a reference catalogue (set_reference) before detect()")
+        x, y, psf, key = geometry = self._geometry(frame)
         bad = (frame.mask & MASK_BAD) > 0
         sat = (frame.mask & MASK_SATURATED) > 0
-        if self._engine is None or key != self._engine_key:
-            flux_ref = np.asarray(self.reference["flux"], float) if "flux" in self.reference.colnames else None
-            sky_sigma = float(np.sqrt(frame.rdnoise**2 + max(float(np.nanmedian(frame.data)), 0.0)))
-            self._engine = ForcedPSFPhotometry(psf, frame.shape, x, y, flux_ref=flux_ref, sky_sigma=sky_sigma, **self.kw)
-            self._engine_key = key
-        res = self._engine.fit(frame.data, bad, read_var=frame.rdnoise**2, saturated=sat)
+        if self._engine is None:
+            self._start_series(frame, geometry)
+        if key == self._engine_key and frame.shape == self._series_sat.shape:
+            engine = self._engine
+            # the series frame's saturated pixels plus this frame's own: nothing carries over from the
+            # frames measured before, so the result does not depend on their order
+            engine._sticky = self._series_sat.copy()
+        else:  # shifted positions or another PSF: a system of its own, from this frame
+            engine = self._new_engine(frame, x, y, psf)
+        res = engine.fit(frame.data, bad, read_var=frame.rdnoise**2, saturated=sat)
         flags = np.where(res["ok"], 0, FLAG_FIT_FAILED).astype(np.int32)
-        flags |= np.where(self._engine.blended, FLAG_BLENDED, 0).astype(np.int32)
+        flags |= np.where(engine.blended, FLAG_BLENDED, 0).astype(np.int32)
         out = Table()
         out["x"], out["y"] = x, y
         out["flux"], out["flux_err"] = res["flux"], res["flux_err"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -301,6 +302,13 @@ class Associator:
     def radius(self) -> float | None:
         return self._radius
 
+    def fix_geometry(self, mode: str, radius: float) -> None:
+        """Set the metric space and radius (as the first frame would), so that every tile of a tiled
+        association matches in the space the whole field was matched in."""
+        self.mode = mode
+        self._radius = float(radius)
+        self._pts = np.zeros((0, 3 if mode == "sky" else 2))
+
     def _candidates(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(dist, idx) of up to k anchors within the radius of each point, nearest first (inf/-1 = none)."""
         n = len(pts)
@@ -324,7 +332,10 @@ class Associator:
             return np.full((n, 0), np.inf), np.full((n, 0), -1)
         d = np.concatenate(dists, 1)
         i = np.concatenate(idxs, 1)
-        o = np.argsort(d, axis=1, kind="stable")
+        # the k nearest of both trees, nearest first, equal distances by source id (creation order):
+        # neither the list nor its order may depend on which anchors happen to sit in the main or the
+        # pending tree, so a tile of the field sees the candidates the whole field sees (tiled association)
+        o = np.lexsort((np.where(i >= 0, i, np.iinfo(np.int64).max), d), axis=1)[:, : self.k]
         return np.take_along_axis(d, o, 1), np.take_along_axis(i, o, 1)
 
     def _add_sources(self, pts: np.ndarray, cat: CatalogFrame, sel: np.ndarray) -> np.ndarray:
@@ -416,25 +427,39 @@ class AssociationResult:
     unmatched_detections: int
     radius: float
     mode: str
+    tiles: dict | None = None  # tiled association: n_tiles, tile_px, margin_px, tile_conflicts, task_stats
+
+
+def _time_order(files: list[Path]) -> list[Path]:
+    times = []
+    for f in files:
+        t = catalog_mjd(f)
+        times.append(t if np.isfinite(t) else np.inf)  # unreadable ones fail properly when read
+    order = np.argsort(np.asarray(times), kind="stable")
+    return [files[i] for i in order]
 
 
 def associate_catalogs(files: list[Path], store_path: str | os.PathLike, radius_arcsec: float = 1.0,
                        radius_pix: float | None = None, pixel_scale: float | None = None,
                        n_partitions: int = 16, n_candidates: int = 3, read_threads: int = 2,
-                       flush_rows: int = 5_000_000, progress: bool = False) -> AssociationResult:
+                       flush_rows: int = 5_000_000, progress: bool = False, tile_px: float | None = None,
+                       margin_px: float | None = None, client=None) -> AssociationResult:
     """Associate catalogue files into a partitioned light-curve store at ``store_path``.
 
     Frames are ordered by their meta ``mjd`` (read from headers first); a file that cannot be read or
     placed in time is reported in ``failures`` and skipped.
+
+    ``tile_px`` (pixels): associate tile by tile (:func:`associate_tiled`; one Dask task per tile with
+    ``client``) when the field is larger than one tile; ``None``: the whole field in one pass.
     """
-    files = [Path(f) for f in files]
+    files = _time_order([Path(f) for f in files])
+    if tile_px is not None:
+        res = associate_tiled(files, store_path, tile_px=tile_px, margin_px=margin_px, radius_arcsec=radius_arcsec,
+                              radius_pix=radius_pix, pixel_scale=pixel_scale, n_partitions=n_partitions,
+                              n_candidates=n_candidates, flush_rows=flush_rows, progress=progress, client=client)
+        if res is not None:
+            return res
     failures: list[dict] = []
-    times = []
-    for f in files:
-        t = catalog_mjd(f)
-        times.append(t if np.isfinite(t) else np.inf)  # unreadable ones fail properly when read below
-    order = np.argsort(np.asarray(times), kind="stable")
-    files = [files[i] for i in order]
 
     assoc = Associator(radius_arcsec=radius_arcsec, radius_pix=radius_pix, pixel_scale=pixel_scale,
                        n_candidates=n_candidates)
@@ -495,3 +520,502 @@ def associate_catalogs(files: list[Path], store_path: str | os.PathLike, radius_
     return AssociationResult(store=Path(store_path), sources=srcs, n_frames=n_ok, n_measurements=n_meas,
                              failures=failures, unmatched_detections=unmatched,
                              radius=float(assoc.radius or 0.0), mode=assoc.mode or "none")
+
+
+
+# ---------------------------------------------------------------------------------- tiled association
+# A field too large for one process is cut into square tiles of the matching plane (pixels, or arcsec on
+# the tangent plane for sky matching). Each tile is associated on its own, over all frames in time
+# order, with the detections of its core *and a margin* around it; a source belongs to the tile whose
+# core holds its anchor (its first detection, which never moves), and only owned sources are written.
+# Cores partition the plane, so every source has exactly one owner (as in tiled detection,
+# skyvar.detect.tiling). A detection matched to a source lies within one radius of its anchor, so the
+# owner tile sees it; the margin (many radii) makes the owner see the same competing detections and
+# anchors as the untiled association, so the assignments are the same. Source ids are then given in
+# creation order (frame, row) over all tiles: the ids of the untiled run. Whether every detection was
+# written exactly once is checked per frame and reported (``tile_conflicts``: 0 when the margin
+# sufficed). Memory per tile task: its sources and detections; no process holds the field.
+_TILE_OFF = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class TileGrid:
+    """Square tiles of side ``size`` with overlap ``margin`` (plane units: px, or arcsec in sky mode).
+
+    Tile ``(i, j)`` has the core ``[o + i*size, o + (i+1)*size)`` along each axis (``o`` the lattice
+    origin: the first pixel's edge, or the tangent point at the centre of tile (0, 0) on the sky)."""
+
+    mode: str  # "pixel" | "sky"
+    size: float
+    margin: float
+    ra0: float = 0.0
+    dec0: float = 0.0
+
+    @property
+    def origin(self) -> float:
+        return -0.5 if self.mode == "pixel" else -0.5 * self.size
+
+    def plane(self, x, y, ra, dec) -> tuple[np.ndarray, np.ndarray]:
+        if self.mode == "pixel":
+            return np.asarray(x, float), np.asarray(y, float)
+        # gnomonic projection about (ra0, dec0), arcsec
+        ra, dec = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
+        a0, d0 = np.radians(self.ra0), np.radians(self.dec0)
+        cosc = np.sin(d0) * np.sin(dec) + np.cos(d0) * np.cos(dec) * np.cos(ra - a0)
+        u = np.cos(dec) * np.sin(ra - a0) / cosc
+        v = (np.cos(d0) * np.sin(dec) - np.sin(d0) * np.cos(dec) * np.cos(ra - a0)) / cosc
+        k = np.degrees(1.0) * 3600.0
+        return u * k, v * k
+
+    def cell(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """The packed key of the tile whose core holds each point."""
+        i = np.floor((np.asarray(u) - self.origin) / self.size).astype(np.int64)
+        j = np.floor((np.asarray(v) - self.origin) / self.size).astype(np.int64)
+        return pack_tile(i, j)
+
+    def memberships(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(point index, tile key) for every tile whose core-plus-margin holds a point (1 to 4 each)."""
+        fu = (np.asarray(u) - self.origin) / self.size
+        fv = (np.asarray(v) - self.origin) / self.size
+        i, j = np.floor(fu).astype(np.int64), np.floor(fv).astype(np.int64)
+        m = self.margin / self.size
+        ru, rv = fu - i, fv - j
+        idx, keys = [], []
+        n = np.arange(len(fu))
+        for di, si in ((0, None), (-1, ru < m), (1, ru >= 1 - m)):
+            for dj, sj in ((0, None), (-1, rv < m), (1, rv >= 1 - m)):
+                sel = np.ones(len(fu), bool)
+                if si is not None:
+                    sel &= si
+                if sj is not None:
+                    sel &= sj
+                idx.append(n[sel])
+                keys.append(pack_tile(i[sel] + di, j[sel] + dj))
+        return np.concatenate(idx), np.concatenate(keys)
+
+
+def pack_tile(i, j) -> np.ndarray:
+    return (np.asarray(i, np.int64) + _TILE_OFF) * (2 * _TILE_OFF) + (np.asarray(j, np.int64) + _TILE_OFF)
+
+
+def unpack_tile(key: int) -> tuple[int, int]:
+    key = int(key)
+    return key // (2 * _TILE_OFF) - _TILE_OFF, key % (2 * _TILE_OFF) - _TILE_OFF
+
+
+def tile_name(key: int) -> str:
+    i, j = unpack_tile(key)
+    return f"t{i}_{j}"
+
+
+_SHARD_COLS = ("x", "y", "ra", "dec", "mag", "mag_err")
+
+
+def shard_catalog(item: tuple[int, str], grid: TileGrid, shard_dir: str, stamp: str) -> dict:
+    """Task: cut one catalogue into its tiles (with margins) -> ``shard_dir/<frame_idx>.parquet``, one
+    row group per tile (its rows in catalogue order). Returns the frame's tiles and row counts, or the
+    failure (``stage`` read|match) that the untiled association would report."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from skyvar.pipeline.distributed import task_stats
+    from skyvar.utils.atomic import atomic_path
+
+    c0, w0 = time.thread_time(), time.perf_counter()
+    fidx, path = item
+    out = Path(shard_dir) / f"{fidx:06d}.parquet"
+    rec = {"frame_idx": fidx, "file": str(path), "shard": str(out)}
+    if out.exists():
+        try:
+            md = pq.read_schema(out).metadata or {}
+            if md.get(b"skyvar_shard_stamp", b"").decode() == stamp:
+                return {**rec, **json.loads(md[b"skyvar_shard_info"].decode()), "stats": task_stats(c0, w0)}
+        except Exception:
+            pass
+    try:
+        cat = read_catalog(path)
+    except (CatalogError, OSError) as e:
+        return {**rec, "status": "failed", "stage": "read", "error": str(e), "stats": task_stats(c0, w0)}
+    if grid.mode == "sky" and len(cat) and not cat.has_sky:
+        err = f"{cat.path}: no ra/dec while earlier catalogues were matched on the sky"
+        return {**rec, "status": "failed", "stage": "match", "error": err, "stats": task_stats(c0, w0)}
+    if grid.mode == "sky":
+        ok = np.isfinite(cat.ra) & np.isfinite(cat.dec)
+    else:
+        ok = np.isfinite(cat.x) & np.isfinite(cat.y)
+    ok &= np.isfinite(cat.mag)
+    rows = np.flatnonzero(ok)
+    u, v = grid.plane(cat.x[rows], cat.y[rows], cat.ra[rows], cat.dec[rows])
+    pi, keys = grid.memberships(u, v)
+    order = np.lexsort((rows[pi], keys))
+    pi, keys = pi[order], keys[order]
+    r = rows[pi]
+    table = pa.table({"tile": keys, "row": r.astype(np.int32), **{c: getattr(cat, c)[r] for c in _SHARD_COLS},
+                      "flags": cat.flags[r].astype(np.int32)})
+    ukeys, starts, counts = np.unique(keys, return_index=True, return_counts=True)
+    core = grid.cell(u, v)
+    n_core = dict(zip(*np.unique(core, return_counts=True))) if len(core) else {}
+    # per tile: [row group, rows, rows in its core] (a tile with no core rows anywhere owns nothing)
+    info = {"status": "done", "frame_id": cat.frame_id, "mjd": cat.mjd, "band": cat.band,
+            "n_rows": len(cat), "n_unusable": int(len(cat) - len(rows)), "warnings": list(cat.warnings),
+            "tiles": {str(int(k)): [g, int(c), int(n_core.get(k, 0))]
+                      for g, (k, c) in enumerate(zip(ukeys, counts))}}
+    md = {b"skyvar_shard_stamp": stamp.encode(), b"skyvar_shard_info": json.dumps(info).encode()}
+    with atomic_path(out) as tmp:
+        with pq.ParquetWriter(tmp, table.schema.with_metadata(md), compression="zstd") as w:
+            for st, c in zip(starts, counts):  # one row group per tile: a tile task reads only its own
+                w.write_table(table.slice(int(st), int(c)), row_group_size=int(c) + 1)
+    return {**rec, **info, "stats": task_stats(c0, w0)}
+
+
+def associate_tile(key: int, frames: list[tuple[int, str, int]], grid: TileGrid, frame_info: dict,
+                   n_candidates: int, radius: float, work_dir: str, flush_rows: int, stamp: str) -> dict:
+    """Task: associate one tile over its frames ``[(frame_idx, shard path, row group)]`` in time order.
+
+    Writes the measurements of the sources it owns (local ids) as Parquet chunks and their anchors to
+    ``work_dir/<tile>/``; returns the files and the number of measurements written per frame."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from skyvar.pipeline.distributed import task_stats
+    from skyvar.utils.atomic import atomic_path, write_json_atomic
+
+    c0, w0 = time.thread_time(), time.perf_counter()
+    d = Path(work_dir) / tile_name(key)
+    done = d / "done.json"
+    if done.exists():
+        try:
+            rec = json.loads(done.read_text())
+            if rec.get("stamp") == stamp:
+                return {**rec, "stats": task_stats(c0, w0)}
+        except ValueError:
+            pass
+    d.mkdir(parents=True, exist_ok=True)
+    assoc = Associator(n_candidates=n_candidates, workers=1)
+    assoc.fix_geometry(grid.mode, radius)
+    owned = np.zeros(0, dtype=bool)
+    born_frame: list[np.ndarray] = []
+    born_row: list[np.ndarray] = []
+    born_key = np.zeros(0, np.int64)  # local id -> (frame, row) of the anchor, packed
+    band_det: list[np.ndarray] = []
+    band_anchor: list[np.ndarray] = []
+    band_kind: list[np.ndarray] = []
+    ti, tj = unpack_tile(key)
+    mrel = grid.margin / grid.size
+    buf: list[pd.DataFrame] = []
+    n_buf = 0
+    chunks: list[str] = []
+    per_frame: dict[str, int] = {}
+
+    def flush():
+        nonlocal buf, n_buf
+        if not buf:
+            return
+        p = d / f"chunk-{len(chunks):05d}.parquet"
+        with atomic_path(p) as tmp:
+            pq.write_table(pa.Table.from_pandas(pd.concat(buf, ignore_index=True), preserve_index=False), tmp)
+        chunks.append(str(p))
+        buf, n_buf = [], 0
+
+    for fidx, shard, group in frames:
+        t = pq.ParquetFile(shard).read_row_group(group).to_pandas()
+        info = frame_info[str(fidx)]
+        cat = CatalogFrame(path=Path(shard), frame_id=info["frame_id"], mjd=float(info["mjd"]), band=info["band"],
+                           **{c: t[c].to_numpy(np.float64) for c in _SHARD_COLS}, flags=t["flags"].to_numpy(np.int32))
+        n0 = assoc.n_sources
+        sid = assoc.add(cat)
+        new = sid >= n0
+        rows = t["row"].to_numpy(np.int64)
+        u, v = grid.plane(cat.x, cat.y, cat.ra, cat.dec)
+        if new.any():
+            # sources are created in row order, so their local ids follow (frame, row) as global ids do
+            owned = np.concatenate([owned, grid.cell(u[new], v[new]) == key])
+            born_frame.append(np.full(int(new.sum()), fidx, np.int64))
+            born_row.append(rows[new])
+            born_key = np.concatenate([born_key, (np.int64(fidx) << 32) | rows[new]])
+        # Detections near a border are seen by two tiles. The tile whose core holds one sees all of
+        # its surroundings within the margin; the owner of the source it joined writes it. Keep both
+        # views (the anchor of the source) so they can be compared (tile_conflicts).
+        fu = (u - grid.origin) / grid.size - ti
+        fv = (v - grid.origin) / grid.size - tj
+        core = (fu >= 0) & (fu < 1) & (fv >= 0) & (fv < 1)
+        deep = (fu >= mrel) & (fu < 1 - mrel) & (fv >= mrel) & (fv < 1 - mrel)
+        mine_ = (sid >= 0) & owned[np.clip(sid, 0, None)] if len(owned) else np.zeros(len(sid), bool)
+        for sel, kind in ((core & ~deep & (sid >= 0), 0), (~core & mine_, 1)):
+            if sel.any():
+                band_det.append((np.int64(fidx) << 32) | rows[sel])
+                band_anchor.append(born_key[sid[sel]])
+                band_kind.append(np.full(int(sel.sum()), kind, np.int8))
+        mine = (sid >= 0) & owned[np.clip(sid, 0, None)] if len(owned) else np.zeros(len(sid), bool)
+        k = int(mine.sum())
+        if not k:
+            continue
+        per_frame[str(fidx)] = k
+        buf.append(pd.DataFrame({"local_id": sid[mine], "band": np.full(k, cat.band, dtype=object),
+                                 "time": np.full(k, cat.mjd), "mag": cat.mag[mine], "mag_err": cat.mag_err[mine],
+                                 "flag": cat.flags[mine].astype(np.int32)}))
+        n_buf += k
+        if n_buf >= flush_rows:
+            flush()
+    flush()
+    srcs = assoc.sources_table()
+    bf = np.concatenate(born_frame) if born_frame else np.zeros(0, np.int64)
+    br = np.concatenate(born_row) if born_row else np.zeros(0, np.int64)
+    keep = np.flatnonzero(owned)
+    srcs = srcs.iloc[keep].rename(columns={"source_id": "local_id"}).reset_index(drop=True)
+    srcs["born_frame"], srcs["born_row"], srcs["tile"] = bf[keep], br[keep], np.int64(key)
+    sp = d / "sources.parquet"
+    with atomic_path(sp) as tmp:
+        pq.write_table(pa.Table.from_pandas(srcs, preserve_index=False), tmp)
+    bp = d / "band.parquet"
+    with atomic_path(bp) as tmp:
+        cat_ = (lambda a: np.concatenate(a) if a else np.zeros(0, np.int64))  # noqa: E731
+        pq.write_table(pa.table({"det": cat_(band_det), "anchor": cat_(band_anchor),
+                                 "kind": np.concatenate(band_kind) if band_kind else np.zeros(0, np.int8)}), tmp)
+    rec = {"key": int(key), "chunks": chunks, "sources": str(sp), "band": str(bp), "n_owned": len(srcs),
+           "n_tracked": int(assoc.n_sources), "per_frame": per_frame, "stamp": stamp}
+    write_json_atomic(done, rec)
+    return {**rec, "stats": task_stats(c0, w0)}
+
+
+def remap_tile(rec: dict, id_map_file: str, store_tmp: str, n_sub: int, neighbour_bands: list[str] = ()) -> dict:
+    """Task: the tile's measurements with global source ids -> ``store_tmp/part=<tile>-<k>/``; and the
+    border check of the tile's core: its own view of each detection near its border against the view
+    of the neighbour that wrote it (``disagree``: detections where the two gave different sources)."""
+    import pyarrow.parquet as pq
+
+    from skyvar.lightcurves.store import _arrow_table, partition_of
+    from skyvar.pipeline.distributed import task_stats
+
+    c0, w0 = time.thread_time(), time.perf_counter()
+    disagree = 0
+    if neighbour_bands:
+        mine = pq.read_table(rec["band"], filters=[("kind", "=", 0)]).to_pandas()
+        for nb in neighbour_bands:
+            theirs = pq.read_table(nb, filters=[("kind", "=", 1)]).to_pandas()
+            both = mine.merge(theirs, on="det", suffixes=("_core", "_owner"))
+            disagree += int((both["anchor_core"] != both["anchor_owner"]).sum())
+    ids = np.load(id_map_file)
+    n = 0
+    for c, chunk in enumerate(rec["chunks"]):
+        df = pq.read_table(chunk).to_pandas()
+        df.insert(0, "source_id", ids[df.pop("local_id").to_numpy()])
+        sub = partition_of(df["source_id"].to_numpy(), n_sub)
+        for k in np.unique(sub):
+            p = Path(store_tmp) / f"part={tile_name(rec['key'])}-{int(k):03d}"
+            p.mkdir(parents=True, exist_ok=True)
+            pq.write_table(_arrow_table(df[sub == k]), p / f"chunk-{c:05d}.parquet", compression="zstd")
+        n += len(df)
+    return {"n": n, "disagree": disagree, "stats": task_stats(c0, w0)}
+
+
+def _first_catalog(files: list[Path]) -> CatalogFrame | None:
+    for f in files:
+        try:
+            cat = read_catalog(f)
+        except (CatalogError, OSError):
+            continue
+        if len(cat):
+            return cat
+    return None
+
+
+def associate_tiled(files: list[Path], store_path: str | os.PathLike, tile_px: float, margin_px: float | None = None,
+                    radius_arcsec: float = 1.0, radius_pix: float | None = None, pixel_scale: float | None = None,
+                    n_partitions: int = 16, n_candidates: int = 3, flush_rows: int = 5_000_000,
+                    progress: bool = False, client=None, work_dir: str | os.PathLike | None = None,
+                    force: bool = False, rows_per_partition: int = 2_000_000) -> AssociationResult | None:
+    """Tile-by-tile association (see the comment above :class:`TileGrid`) of time-ordered ``files``.
+
+    ``tile_px`` / ``margin_px``: tile side and overlap in pixels (converted with the pixel scale when
+    matching on the sky; margin default ``max(16 px, 16 radii)``). Returns None when the first
+    catalogue fits in one tile and ``force`` is false: the untiled association is then the same work
+    in one pass. Store partitions are ``part=t<i>_<j>-<k>`` (tile, then ``k`` of
+    ``max(n_partitions / n_tiles, rows / rows_per_partition)`` hash sub-partitions)."""
+    import shutil
+    import tempfile
+
+    from skyvar.pipeline.distributed import TaskFailed, run_tasks
+    from skyvar.utils.config import stable_hash
+
+    files = [Path(f) for f in files]
+    first = _first_catalog(files)
+    if first is None:
+        return None
+    # the geometry the untiled association would fix from the first frame with detections
+    probe = Associator(radius_arcsec=radius_arcsec, radius_pix=radius_pix, pixel_scale=pixel_scale)
+    probe._positions(first)
+    mode, radius = probe.mode, float(probe.radius)
+    if mode == "sky":
+        scale = pixel_scale or first.pixel_scale
+        if not scale:
+            raise ValueError("tiled association on the sky needs the pixel scale (pixel_scale=, arcsec/px) to size "
+                             "the tiles")
+        r_plane = radius_arcsec
+        ok = np.isfinite(first.ra) & np.isfinite(first.dec)
+        ra0 = float(np.round(np.median(first.ra[ok]), 6))
+        dec0 = float(np.round(np.median(first.dec[ok]), 6))
+    else:
+        scale, r_plane, ra0, dec0 = 1.0, radius, 0.0, 0.0
+    margin = float(margin_px) * scale if margin_px is not None else max(16.0 * scale, 16.0 * r_plane)
+    grid = TileGrid(mode=mode, size=float(tile_px) * scale, margin=margin, ra0=ra0, dec0=dec0)
+    if grid.size <= 2 * grid.margin:
+        raise ValueError(f"tile ({tile_px} px) must exceed twice the margin ({margin / scale:g} px)")
+    if grid.margin < 2 * r_plane:
+        # below that a tile does not even see the detections of its own sources across its border
+        raise ValueError(f"margin ({margin / scale:g} px) must be at least two match radii")
+    ok = np.isfinite(first.mag) & (np.isfinite(first.ra) & np.isfinite(first.dec) if mode == "sky"
+                                   else np.isfinite(first.x) & np.isfinite(first.y))
+    u, v = grid.plane(first.x[ok], first.y[ok], first.ra[ok], first.dec[ok])
+    if not force and len(np.unique(grid.cell(u, v))) <= 1:
+        return None
+
+    store_path = Path(store_path)
+    work = Path(work_dir) if work_dir else store_path.parent / f".{store_path.name}.tiles"
+    shard_dir = work / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    gkey = stable_hash({"grid": dataclasses.asdict(grid), "radius": radius, "k": n_candidates})
+    items, stamps = [], []
+    for i, f in enumerate(files):
+        try:
+            st = f.stat()
+            fp = [str(f), st.st_size, st.st_mtime_ns]
+        except OSError:
+            fp = [str(f), None, None]
+        items.append((i, str(f)))
+        stamps.append(stable_hash({"grid": gkey, "file": fp, "idx": i}))
+    log.info("tiled association: %s matching, tiles of %g px with %g px margins, %d frames", mode, tile_px,
+             margin / scale, len(files))
+    # 1. shards: one task per frame
+    res = run_tasks(_shard_item, list(zip(items, stamps)), grid, str(shard_dir), client=client, desc="associate-shard",
+                    progress=progress)
+    failures: list[dict] = []
+    frame_info: dict[str, dict] = {}
+    tiles: dict[int, list] = {}
+    core_rows: dict[int, int] = {}
+    n_usable = {}
+    unusable = 0
+    stats = []
+    for (fidx, f), r in zip(items, res):
+        if isinstance(r, TaskFailed):
+            failures.append({"file": f, "stage": "read", "error": r.error})
+            continue
+        stats.append(r.get("stats", {}))
+        if r["status"] != "done":
+            log.error("skipping %s: %s", f, r["error"])
+            failures.append({"file": f, "stage": r["stage"], "error": r["error"]})
+            continue
+        for w in r.get("warnings", []):
+            log.warning("%s: %s", f, w)
+        frame_info[str(fidx)] = {k: r[k] for k in ("frame_id", "mjd", "band")}
+        unusable += r["n_unusable"]
+        n_usable[str(fidx)] = r["n_rows"] - r["n_unusable"]
+        for k, (g, _n, nc) in r["tiles"].items():
+            tiles.setdefault(int(k), []).append((fidx, r["shard"], g))
+            core_rows[int(k)] = core_rows.get(int(k), 0) + nc
+    # 2. association: one task per tile that can own a source (one with a detection in its core)
+    keys = sorted(k for k in tiles if core_rows.get(k, 0))
+    tstamp = {k: stable_hash({"grid": gkey, "frames": [stamps[fi] for fi, _, _ in tiles[k]],
+                              "flush": flush_rows}) for k in keys}
+    tile_dir = work / "tiles"
+    tres = run_tasks(_tile_item, [(k, tiles[k], tstamp[k]) for k in keys], grid, frame_info, n_candidates, radius,
+                     str(tile_dir), flush_rows, client=client, desc="associate-tile", progress=progress)
+    bad = [(k, r) for k, r in zip(keys, tres) if isinstance(r, TaskFailed)]
+    if bad:
+        # a tile that cannot be associated loses its sources: fail the stage rather than write a field
+        # with a hole in it (a rerun resumes the tiles that finished)
+        k, r = bad[0]
+        raise RuntimeError(f"tiled association: tile {tile_name(k)} failed ({len(bad)} tiles in all): {r.error}")
+    stats += [r.get("stats", {}) for r in tres]
+    # 3. global ids in creation order (frame, row): the untiled association's ids
+    src = pd.concat([pq_read(r["sources"]) for r in tres], ignore_index=True)
+    order = np.lexsort((src["born_row"].to_numpy(), src["born_frame"].to_numpy()))
+    gid = np.empty(len(src), np.int64)
+    gid[order] = np.arange(len(src), dtype=np.int64)
+    dup = pd.DataFrame({"f": src["born_frame"], "r": src["born_row"]}).duplicated().sum()
+    written = {}
+    for r in tres:
+        for f, c in r["per_frame"].items():
+            written[f] = written.get(f, 0) + c
+    # the check: every detection written exactly once, and every detection two tiles saw given the same
+    # source (the same anchor) by both
+    miscounted = int(sum(written.get(f, 0) != n for f, n in n_usable.items())) + int(dup)
+    # store partitions: about n_partitions in all, and none above rows_per_partition measurements (a
+    # feature task loads one partition: its memory is bounded by this, not by the tile or the epochs)
+    n_sub_min = max(1, int(round(n_partitions / max(len(keys), 1))))
+    store_tmp = Path(tempfile.mkdtemp(prefix=f".{store_path.name}.tmp-", dir=store_path.parent))
+    id_files, remap_items = [], []
+    start = 0
+    for k, r in zip(keys, tres):
+        n = r["n_owned"]
+        p = Path(tile_dir) / tile_name(k) / "ids.npy"
+        full = np.full(r["n_tracked"], -1, np.int64)  # local id (every source the tile tracked) -> global
+        full[src["local_id"].to_numpy()[start:start + n]] = gid[start:start + n]
+        np.save(p, full)
+        start += n
+        n_rows = sum(r["per_frame"].values())
+        remap_items.append((r, max(n_sub_min, int(np.ceil(n_rows / max(rows_per_partition, 1))))))
+        id_files.append(str(p))
+    band_of = {k: r["band"] for k, r in zip(keys, tres)}
+    nbrs = []
+    for k in keys:
+        i, j = unpack_tile(k)
+        nbrs.append([band_of[int(q)] for q in (pack_tile(i + a, j + b) for a in (-1, 0, 1) for b in (-1, 0, 1)
+                                                if a or b) if int(q) in band_of])
+    rres = run_tasks(_remap_item, [(it, f, nb) for it, f, nb in zip(remap_items, id_files, nbrs)], str(store_tmp),
+                     client=client, desc="associate-store", progress=progress)
+    bad = [r for r in rres if isinstance(r, TaskFailed)]
+    if bad:
+        shutil.rmtree(store_tmp, ignore_errors=True)
+        raise RuntimeError(f"tiled association: writing the store failed: {bad[0].error}")
+    # the check: every detection written exactly once (per-frame counts), and every detection near a
+    # border given the same source by the tile whose core holds it and the tile that wrote it
+    disagree = int(sum(r["disagree"] for r in rres))
+    conflicts = miscounted + disagree
+    if conflicts:
+        log.warning("tiled association: the tiles disagree on %d detection(s) near tile borders and %d frame "
+                    "count(s); the result may differ from the untiled association: increase associate.margin_px "
+                    "(now %g px)", disagree, miscounted, margin / scale)
+    n_meas = int(sum(r["n"] for r in rres))
+    if store_path.exists():
+        old = store_path.with_name(f".{store_path.name}.old-{os.getpid()}")
+        os.replace(store_path, old)
+        os.replace(store_tmp, store_path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(store_tmp, store_path)
+    src["source_id"] = gid
+    src = src.sort_values("source_id").reset_index(drop=True)
+    sources = src[["source_id", "ra", "dec", "x", "y", "first_mjd", "first_frame"]].copy()
+    shutil.rmtree(work, ignore_errors=True)
+    info = {"n_tiles": len(keys), "tile_px": float(tile_px), "margin_px": margin / scale,
+            "tile_conflicts": conflicts, "max_tracked_sources": int(max(r["n_tracked"] for r in tres)),
+            "task_stats": stats + [r.get("stats", {}) for r in rres]}
+    return AssociationResult(store=store_path, sources=sources, n_frames=len(frame_info), n_measurements=n_meas,
+                             failures=failures, unmatched_detections=int(unusable), radius=radius, mode=mode,
+                             tiles=info)
+
+
+def pq_read(path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pandas()
+
+
+def _shard_item(item, grid, shard_dir):
+    (fidx_path, stamp) = item
+    return shard_catalog(fidx_path, grid, shard_dir, stamp)
+
+
+def _tile_item(item, grid, frame_info, n_candidates, radius, work_dir, flush_rows):
+    key, frames, stamp = item
+    return associate_tile(key, frames, grid, frame_info, n_candidates, radius, work_dir, flush_rows, stamp)
+
+
+def _remap_item(item, store_tmp):
+    (rec, n_sub), id_file, neighbour_bands = item
+    return remap_tile(rec, id_file, store_tmp, n_sub, neighbour_bands)

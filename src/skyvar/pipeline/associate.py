@@ -5,6 +5,11 @@
 (one row per source: first-detection anchor ``ra, dec, x, y``, ``first_mjd``, ``first_frame``,
 ``n_measurements``), ``D/failures.json`` (catalogues reported and skipped) and ``D/summary.json``.
 See :mod:`skyvar.lightcurves.associate` for the matching rules.
+
+``tile_px`` (pixels) associates a field larger than one tile tile by tile, with ``margin_px`` of
+overlap and ownership by anchor position (:func:`skyvar.lightcurves.associate.associate_tiled`): the
+same sources, ids and measurements as one pass, with memory bounded by a tile; with ``dask.enabled``
+the shards and tiles are Dask tasks (:mod:`skyvar.pipeline.distributed`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ class AssociatePipeline:
     def __init__(self, input: str | list, out_dir: str, radius_arcsec: float = 1.0,
                  radius_pix: float | None = None, pixel_scale: float | None = None, n_partitions: int = 16,
                  n_candidates: int = 3, read_threads: int = 2, flush_rows: int = 5_000_000,
-                 progress: bool = True, truth: str | None = None):
+                 progress: bool = True, truth: str | None = None, tile_px: float | None = None,
+                 margin_px: float | None = None, dask: dict | None = None):
         if input is None:
             raise ValueError("pipeline=associate needs input=<directory or glob of per-frame catalogues>")
         if truth is not None:
@@ -42,14 +48,24 @@ class AssociatePipeline:
         self.out_dir = Path(out_dir)
         self.kw = dict(radius_arcsec=radius_arcsec, radius_pix=radius_pix, pixel_scale=pixel_scale,
                        n_partitions=n_partitions, n_candidates=n_candidates, read_threads=read_threads,
-                       flush_rows=flush_rows)
+                       flush_rows=flush_rows, tile_px=tile_px, margin_px=margin_px)
+        from skyvar.pipeline.distributed import DaskConfig
+
+        self.dask = DaskConfig.from_any(dask)
         self.progress = progress
 
     def run(self) -> dict:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         files = expand_inputs(self.input, suffixes=CATALOG_SUFFIXES)
         t0 = time.perf_counter()
-        res = associate_catalogs(files, self.out_dir / "store", progress=self.progress, **self.kw)
+        if self.dask.enabled and self.kw["tile_px"] is not None:
+            from skyvar.pipeline.distributed import dask_client
+
+            with dask_client(self.dask) as client:
+                res = associate_catalogs(files, self.out_dir / "store", progress=self.progress, client=client,
+                                         **self.kw)
+        else:
+            res = associate_catalogs(files, self.out_dir / "store", progress=self.progress, **self.kw)
         wall = time.perf_counter() - t0
         src = res.sources
         # Measurements per source, from the store itself (what a reader will actually find).
@@ -67,7 +83,10 @@ class AssociatePipeline:
             "unusable_detections": res.unmatched_detections, "match_mode": res.mode,
             "radius": res.radius, "radius_unit": "chord (unit sphere)" if res.mode == "sky" else "pix",
             "radius_arcsec": self.kw["radius_arcsec"], "wall_s": round(wall, 2), "store": str(res.store),
+            "tiles": {k: v for k, v in res.tiles.items() if k != "task_stats"} if res.tiles else None,
         }
+        if res.tiles:
+            self.task_stats = res.tiles["task_stats"]
         write_json_atomic(self.out_dir / "summary.json", summary)
         if res.failures:
             log.warning("%d of %d catalogues failed; see %s", len(res.failures), len(files),

@@ -7,7 +7,9 @@ input it first simulates a CSST-like field into ``D/sim`` (the demo) and evaluat
 A bad frame (corrupt, truncated, all-NaN …) is reported in ``D/failures.json`` and skipped; the rest
 are processed. Catalogues are written atomically; a rerun skips frames whose catalogue was written by
 the same detector configuration (``resume=true``). The work over files is
-:func:`skyvar.detect.batch.detect_files`, shared with ``pipeline=field``.
+:func:`skyvar.detect.batch.detect_files`, shared with ``pipeline=field``. ``pipeline.dask.enabled=true``
+makes every frame a Dask task (:mod:`skyvar.pipeline.distributed`): the worker reads the frame, builds
+the detector once from ``detector_config`` and writes the catalogue (the serial run's catalogues).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class DetectPipeline:
         progress: bool = True,
         logger: Any = None,
         catalog_format: str = "ecsv",
+        dask: dict | None = None,
         frame: dict | None = None,
     ):
         self.detector = detector
@@ -49,6 +52,11 @@ class DetectPipeline:
         self.simulate = dict(simulate or {})
         self.evaluate = dict(evaluate or {})
         self.config_hash = stable_hash({"detector": detector_config or repr(detector)})
+        from skyvar.pipeline.components import plain
+        from skyvar.pipeline.distributed import DaskConfig
+
+        self.detector_config = plain(detector_config)
+        self.dask = DaskConfig.from_any(dask)
         self.resume = resume
         self.progress = progress
         self.logger = logger
@@ -58,7 +66,7 @@ class DetectPipeline:
             raise ValueError(f"catalog_format={catalog_format!r}: choose one of {', '.join(CATALOG_FORMATS)}")
         self.catalog_format = catalog_format
         # values for header keys a frame lacks (read_frame's exptime/zp/rdnoise/gain; the config's frame.*)
-        self.frame_kw = {k: v for k, v in dict(frame or {}).items() if v is not None}
+        self.frame_kw = {k: v for k, v in dict(plain(frame) or {}).items() if v is not None}
 
     # ------------------------------------------------------------------ steps
     def _simulated_inputs(self) -> tuple[Path, Path]:
@@ -75,9 +83,19 @@ class DetectPipeline:
     def detect_files(self, files: list[Path]) -> tuple[list[Path], list[dict]]:
         from skyvar.detect.batch import detect_files
 
-        res = detect_files(self.detector, files, self.out_dir / "catalogs", self.config_hash,
-                           fmt=self.catalog_format, resume=self.resume, progress=self.progress,
-                           frame=self.frame_kw)
+        if self.dask.enabled:
+            # one task per frame; workers build the detector once from its config (or get it pickled)
+            from skyvar.pipeline.distributed import dask_client
+
+            spec = self.detector_config if isinstance(self.detector_config, dict) and "_target_" in \
+                self.detector_config else self.detector
+            with dask_client(self.dask) as client:
+                res = detect_files(spec, files, self.out_dir / "catalogs", self.config_hash, fmt=self.catalog_format,
+                                   resume=self.resume, progress=self.progress, client=client, frame=self.frame_kw)
+        else:
+            res = detect_files(self.detector, files, self.out_dir / "catalogs", self.config_hash,
+                               fmt=self.catalog_format, resume=self.resume, progress=self.progress,
+                               frame=self.frame_kw)
         return res.catalogs, res.failures
 
     def run(self) -> dict:

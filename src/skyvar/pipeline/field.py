@@ -42,12 +42,22 @@ Outputs are written atomically. Bad input (an unreadable frame, a catalogue that
 reported with its stage and file in ``D/failures.json`` and the run completes for the rest.
 ``D/summary.json`` holds every stage's status, wall time and metrics.
 
+Scale out (:mod:`skyvar.pipeline.distributed`): with ``pipeline.dask.enabled=true`` the same stages run
+on a Dask cluster (a LocalCluster with one worker per core, or ``pipeline.dask.address=`` to join one):
+the simulation and the photometry are one task per frame (the worker reads the frame, detects with its
+own detector, built once per worker, and writes the catalogue), association one task per frame (sharding
+by sky tile) and one per tile (``associate.tile_px``, ``associate.margin_px``), the features one per store
+partition. The outputs are the serial run's (same catalogues, same sources and ids, same candidates), and
+resume works across serial and Dask runs: the stage hashes do not depend on where the work ran.
+
 Logging: with a logger configured (``logger=wandb``: offline by default) the run's config, each
 stage's metrics, the candidate table and the figures (example light curves, detections) are logged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -89,7 +99,8 @@ class FieldPipeline:
                  forced: dict | None = None, associate: dict | None = None, lightcurves: dict | None = None,
                  candidates: dict | None = None, evaluate: dict | None = None, simulate: dict | None = None,
                  device: str = "auto", resume: bool = True, progress: bool = True, logger: Any = None,
-                 plots: bool = True, catalog_format: str = "parquet", frame: dict | None = None):
+                 plots: bool = True, catalog_format: str = "parquet", dask: dict | None = None,
+                 frame: dict | None = None):
         if detector is None:
             raise ValueError("pipeline=field needs a detector (detector=sep|pnet|photutils_psf)")
         from skyvar.io.catalog import CATALOG_FORMATS
@@ -108,8 +119,13 @@ class FieldPipeline:
         self.reference_cfg = _merge("reference", {"method": "median", "n_frames": 5, "min_separation": 0.5}, reference)
         self.forced_cfg = dict(plain(forced) or {})
         self.associate_cfg = _merge("associate", {"radius_px": 1.0, "n_partitions": 8, "read_threads": 2,
-                                                  "pixel_scale": None, "n_candidates": 3, "flush_rows": 5_000_000},
+                                                  "pixel_scale": None, "n_candidates": 3, "flush_rows": 5_000_000,
+                                                  "tile_px": 2048, "margin_px": None},
                                     associate)
+        from skyvar.pipeline.distributed import DaskConfig
+
+        self.dask_cfg = DaskConfig.from_any(dask)
+        self.client = None
         self.lc_cfg = dict(plain(lightcurves) or {})
         self.cand_cfg = _merge("candidates", {"min_points": 50, "p_periodic_threshold": None, "n_plot": 12}, candidates)
         self.eval_cfg = _merge("evaluate", {"detection_frames": 10, "match_radii": [0.1, 1.0], "target_mag_max": 25.0,
@@ -146,7 +162,8 @@ class FieldPipeline:
         return {"detector": self.detector_cfg, "photometry": self.photometry, "reference": self.reference_cfg,
                 "forced": self.forced_cfg, "associate": self.associate_cfg, "lightcurves": self.lc_cfg,
                 "candidates": self.cand_cfg, "evaluate": self.eval_cfg, "input": str(self.input),
-                "truth": str(self.truth), "device": self.device, "catalog_format": self.catalog_format}
+                "truth": str(self.truth), "device": self.device, "catalog_format": self.catalog_format,
+                "dask": dataclasses.asdict(self.dask_cfg)}
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -154,6 +171,20 @@ class FieldPipeline:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = RunTracker.from_config(self.logger_cfg)
         self.tracker.hyperparams(self.config())
+        if self.dask_cfg.enabled:
+            from skyvar.pipeline.distributed import dask_client
+
+            ctx = dask_client(self.dask_cfg)  # one cluster for every stage of the run
+        else:
+            ctx = contextlib.nullcontext(None)
+        with ctx as client:
+            self.client = client
+            try:
+                return self._run(t_start)
+            finally:
+                self.client = None
+
+    def _run(self, t_start: float) -> dict:
         inp, truth = self.input, self.truth
         if inp is None:
             inp, sim_truth = self._simulate()
@@ -171,21 +202,30 @@ class FieldPipeline:
         fp = files_fingerprint(files)
 
         if mode == "forced":
-            self._stage("reference", {"frames": fp[: max(1, int(self.reference_cfg["n_frames"])) + 20],
+            ref_rec = self._stage("reference", {"frames": fp[: max(1, int(self.reference_cfg["n_frames"])) + 20],
                                       "detector": self.detector_cfg, "cfg": self.reference_cfg},
                         lambda d: self._reference(d, files, detector), outputs=["reference.ecsv"])
             from skyvar.detect.forced_psf import ForcedPSFDetector
 
             fc = {k: v for k, v in self.forced_cfg.items() if k != "_target_"}
-            phot_detector = ForcedPSFDetector(**{"name": f"{name}+forced_psf", **fc})
-            phot_detector.set_reference(self.out_dir / "reference" / "reference.ecsv")
-            phot_cfg = {"forced": self.forced_cfg, "reference": self._hash("reference"), "name": phot_detector.name}
+            ref_path = self.out_dir / "reference" / "reference.ecsv"
+            # the first readable frame fixes the weights and saturation mask of every frame, so a frame's
+            # photometry does not depend on the order the frames are measured in (resume, Dask)
+            series = ref_rec.get("series_frame") or str(files[0])
+            phot_detector = ForcedPSFDetector(**{"name": f"{name}+forced_psf", **fc, "series_frame": series})
+            phot_detector.set_reference(ref_path)
+            phot_cfg = {"forced": self.forced_cfg, "reference": self._hash("reference"), "name": phot_detector.name,
+                        "series_frame": series}
+            # what a Dask worker builds (once) instead of receiving the object
+            phot_spec = {"_target_": "skyvar.detect.forced_psf.ForcedPSFDetector", "name": phot_detector.name,
+                         **fc, "series_frame": series, "reference": str(ref_path)}
         else:
             phot_detector = detector
             phot_cfg = {"detector": self.detector_cfg, "model": model_fingerprint(self.detector_cfg)}
+            phot_spec = self.detector_cfg if isinstance(self.detector_cfg, dict) else detector
         self.summary["name"] = getattr(phot_detector, "name", name)
         rec = self._stage("photometry", {"frames": fp, "mode": mode, "cfg": phot_cfg, "fmt": self.catalog_format},
-                          lambda d: self._photometry(d, files, phot_detector, phot_cfg))
+                          lambda d: self._photometry(d, files, phot_detector, phot_cfg, phot_spec))
         catalogs = [Path(p) for p in rec.get("catalogs", [])]
         if not catalogs:
             self._finish(t_start)
@@ -245,7 +285,7 @@ class FieldPipeline:
         def run(d):
             log.info("no input: simulating a %dx%d CSST-like field, %d epochs (seed %d) into %s", cfg.size, cfg.size,
                      cfg.n_epochs, cfg.seed, sim_dir)
-            simulate_field_to_disk(cfg, progress=self.progress)
+            simulate_field_to_disk(cfg, progress=self.progress, client=self.client)
             return {"sim_dir": str(sim_dir)}
 
         self._stage("simulate", {"sim": stable_hash(cfg)}, run)
@@ -271,15 +311,20 @@ class FieldPipeline:
                               min_separation=float(self.reference_cfg["min_separation"]))
         write_table_atomic(ref, d / "reference.ecsv")
         log.info("reference: %d stars from %d frame(s) (%s)", len(ref), len(frames), self.reference_cfg["method"])
-        return {"metrics": {"n_reference": len(ref), "n_frames": len(frames)}, "_failures": failures}
+        return {"metrics": {"n_reference": len(ref), "n_frames": len(frames)}, "_failures": failures,
+                "series_frame": str(frames[0].path)}
 
-    def _photometry(self, d: Path, files: list[Path], detector, cfg: dict) -> dict:
-        from skyvar.detect.batch import detect_files
+    def _photometry(self, d: Path, files: list[Path], detector, cfg: dict, spec=None) -> dict:
+        from skyvar.detect.batch import DetectorSpec, detect_files
         from skyvar.io.catalog import read_catalog_table
 
-        # a catalogue already written with this configuration is kept (frame by frame resume)
-        res = detect_files(detector, files, d / "catalogs", stable_hash({"detector": cfg}), fmt=self.catalog_format,
-                           resume=self.resume, progress=self.progress, frame=self.frame_kw)
+        # a catalogue already written with this configuration is kept (frame by frame resume); on Dask
+        # each frame to do is a task and the detector is built once per worker from its spec
+        h = stable_hash({"detector": cfg})
+        if self.client is not None:
+            detector = DetectorSpec.of(spec if spec is not None else detector, extra_key=h)
+        res = detect_files(detector, files, d / "catalogs", h, fmt=self.catalog_format,
+                           resume=self.resume, progress=self.progress, client=self.client, frame=self.frame_kw)
         if res.n_resumed:
             log.info("photometry: %d of %d frames already measured with this configuration", res.n_resumed, len(files))
         n_src = []
@@ -293,7 +338,8 @@ class FieldPipeline:
         return {"catalogs": [str(c) for c in sorted(res.catalogs)],
                 "metrics": {"n_frames": len(res.catalogs), "n_failed": len(res.failures), "n_resumed": res.n_resumed,
                             "s_per_frame": res.wall_s / max(res.n_measured, 1),
-                            "sources_per_frame": float(np.mean(n_src)) if n_src else 0.0},
+                            "sources_per_frame": float(np.mean(n_src)) if n_src else 0.0,
+                            **_task_metrics(res.task_stats)},
                 "_failures": res.failures}
 
     def _eval_detection(self, d: Path, catalogs: list[Path], truth) -> dict:
@@ -319,10 +365,15 @@ class FieldPipeline:
             kw = {"radius_pix": r_px}
         else:
             kw = {"radius_arcsec": r_px * scale, "radius_pix": r_px, "pixel_scale": scale}
-        ap = AssociatePipeline(input=[str(c) for c in catalogs], out_dir=str(d), progress=self.progress, **kw, **cfg)
+        dask = dataclasses.asdict(self.dask_cfg) if self.client is not None else None
+        ap = AssociatePipeline(input=[str(c) for c in catalogs], out_dir=str(d), progress=self.progress, dask=dask,
+                               **kw, **cfg)
         s = ap.run()
         fails = _read_failures(d, "associate")
-        return {"metrics": {k: s[k] for k in ("n_frames", "n_sources", "n_measurements", "unusable_detections")},
+        tiles = {k: s["tiles"][k] for k in ("n_tiles", "tile_conflicts", "max_tracked_sources")} if s.get("tiles") \
+            else {"n_tiles": 1}
+        return {"metrics": {**{k: s[k] for k in ("n_frames", "n_sources", "n_measurements", "unusable_detections")},
+                            **tiles, **_task_metrics(getattr(ap, "task_stats", []))},
                 "radius_px": r_px, "_failures": fails}
 
     def _lightcurve_stages(self) -> tuple[list, list]:
@@ -347,10 +398,13 @@ class FieldPipeline:
         from skyvar.pipeline.lightcurves import LightCurvePipeline
 
         cfg = {k: v for k, v in self.lc_cfg.items() if k != "stages"}
+        if self.client is not None:
+            cfg["dask"] = dataclasses.asdict(self.dask_cfg)
         lp = LightCurvePipeline(input=str(self.out_dir / "associate" / "store"), out_dir=str(d), stages=stages,
                                 resume=self.resume, progress=self.progress, **cfg)
         s = lp.run()
-        return {"metrics": {"n_lightcurves": s["n_lightcurves"], "n_sources": s["n_sources"]},
+        return {"metrics": {"n_lightcurves": s["n_lightcurves"], "n_sources": s["n_sources"],
+                            **_task_metrics(getattr(lp, "task_stats", []))},
                 "stages_run": s["stages"], "_failures": _read_failures(d, "features")}
 
     def _p_threshold(self, stages: list) -> float:
@@ -466,6 +520,15 @@ def _merge(what: str, defaults: dict, given: Any) -> dict:
     if unknown:
         raise ValueError(f"pipeline.{what}: unknown key(s) {unknown}; valid: {', '.join(sorted(defaults))}")
     return {**defaults, **given}
+
+
+def _task_metrics(stats: list[dict]) -> dict:
+    """Dask tasks of a stage: their summed CPU seconds and the largest worker peak RSS [MB]."""
+    stats = [s for s in stats or [] if s]
+    if not stats:
+        return {}
+    return {"n_tasks": len(stats), "task_cpu_s": round(sum(s.get("cpu_s", 0.0) for s in stats), 2),
+            "worker_peak_rss_mb": max(s.get("peak_rss_mb", 0.0) for s in stats)}
 
 
 def _read_failures(d: Path, step: str) -> list[dict]:

@@ -341,13 +341,7 @@ def _load_partition(p) -> pd.DataFrame:
     return p.load()
 
 
-@dataclasses.dataclass
-class DaskConfig:
-    enabled: bool = False
-    address: str | None = None  # scheduler address; None starts a LocalCluster
-    n_workers: int = 2
-    threads_per_worker: int = 1
-    processes: bool = True  # LocalCluster workers as processes (False: threads in this process)
+from skyvar.pipeline.distributed import DaskConfig  # noqa: E402  (the one `dask:` block; re-exported here)
 
 
 class LightCurvePipeline:
@@ -371,7 +365,8 @@ class LightCurvePipeline:
         self.resume = resume
         self.open_kwargs = dict(n_partitions=n_partitions, rows_per_partition=rows_per_partition,
                                 band_default=band_default)
-        self.dask = DaskConfig(**(dask or {}))
+        self.dask = DaskConfig.from_any(dask)
+        self.task_stats: list[dict] = []  # Dask: per partition task cpu_s, wall_s, peak_rss_mb
         self.progress = progress
         self.config_hash = stable_hash({"stages": [stage_signature(s) for s in self.stages],
                                         "mask_flags": self.mask_flags})
@@ -465,43 +460,43 @@ class LightCurvePipeline:
         return paths, failures
 
     def _run_dask(self, todo, part_dir: Path) -> tuple[list[Path], list[dict]]:
-        try:
-            from dask.distributed import Client, LocalCluster
-        except ImportError as e:  # pragma: no cover - depends on the optional extra
-            raise ImportError("dask.enabled=true needs the optional extra: pip install 'skyvar[dask]'") from e
-        cluster = None
-        if self.dask.address:
-            client = Client(self.dask.address)
-        else:
-            cluster = LocalCluster(n_workers=self.dask.n_workers, threads_per_worker=self.dask.threads_per_worker,
-                                   processes=self.dask.processes, dashboard_address=None)
-            client = Client(cluster)
-        try:
-            stages = client.scatter(self.stages, broadcast=True)
+        # one client helper for every pipeline; inside pipeline=field it is the field run's cluster
+        from skyvar.pipeline.distributed import SharedObject, dask_client
+
+        with dask_client(self.dask) as client:
+            # the stages (models included) reach each worker once through a file, which outlives a
+            # killed worker (scattered data dies with the workers holding it)
+            stages = SharedObject.put(self.stages, part_dir.parent, "stages")
             futures = [client.submit(_dask_task, p, stages, str(self.out_dir), str(part_dir), self.mask_flags,
                                      self.batch_curves, self._partition_stamp(p), pure=False) for p in todo]
             paths, failures = [], []
             for p, fut in zip(todo, futures):
-                res = fut.result()
+                try:
+                    res = fut.result()
+                except Exception as e:  # the partition's workers died (KilledWorker): report, go on
+                    res = {"error": f"{type(e).__name__}: {e}"}
                 if res.get("error"):
                     log.error("partition %s failed: %s", p.key, res["error"])
                     failures.append({"partition": p.key, "stage": "features", **res})
                 else:
                     paths.append(Path(res["path"]))
+                    self.task_stats.append(res.get("stats", {}))
+            Path(stages.path).unlink(missing_ok=True)
             return paths, failures
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
 
 
 def _dask_task(p, stages, out_dir, part_dir, mask_flags, batch_curves, stamp) -> dict:
     """One store partition on a Dask worker: load, compute, write its feature file; report, never raise."""
+    from skyvar.pipeline.distributed import task_stats
+
+    c0, w0 = time.thread_time(), time.perf_counter()
     try:
+        if hasattr(stages, "get"):  # a SharedObject: this worker's copy of the stages
+            stages = stages.get()
         feats = partition_features(p.load(), stages, out_dir, mask_flags, batch_curves)
         path = Path(part_dir) / f"{p.key}.parquet"
         _write_features(feats, path, None if _has_stage_errors(feats) else stamp)
-        return {"path": str(path)}
+        return {"path": str(path), "stats": task_stats(c0, w0)}
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
 

@@ -508,11 +508,39 @@ def _write_truth_lightcurves(sim: FieldSimulation, path: Path, which: str) -> No
         writer.close()
 
 
-def simulate_field_to_disk(cfg: FieldSimConfig, progress: bool = True) -> Path:
+def _frame_done(path: Path, h: str, overwrite: bool) -> bool:
+    if path.exists() and not overwrite:
+        try:
+            return fits.getheader(path).get("SIMHASH") == h
+        except OSError:
+            pass  # truncated by an interruption: rewrite
+    return False
+
+
+def render_epoch_task(epoch: int, cfg: FieldSimConfig, out_dir: str, sim_file: str | None = None) -> dict:
+    """Task: render and write one epoch on a Dask worker. The worker loads the field the client built
+    (``sim_file``: catalogue, variables, PSF banks; or builds it from ``cfg``) once and keeps it, with
+    its star operator, for its later epochs; epoch ``e`` draws its noise from
+    ``default_rng([seed, 1, e])``, so the frame is byte-identical to the serial run's."""
+    import pickle
+
+    from skyvar.pipeline.distributed import task_stats, worker_cached
+
+    c0, w0 = time.thread_time(), time.perf_counter()
+    sim = worker_cached(f"field-sim:{stable_hash(cfg)}",
+                        lambda: pickle.loads(Path(sim_file).read_bytes()) if sim_file else FieldSimulation(cfg))
+    path = Path(out_dir) / "frames" / f"frame_{epoch:04d}.fits"
+    img, mask, hdr = sim.render_epoch(epoch)
+    write_frame(path, img, hdr, mask)
+    return {"epoch": epoch, "path": str(path), "stats": task_stats(c0, w0)}
+
+
+def simulate_field_to_disk(cfg: FieldSimConfig, progress: bool = True, client=None) -> Path:
     """Write frames, truth and metadata under ``cfg.out_dir``; resumes an interrupted run.
 
     Frames whose header carries the same config hash are kept; the truth files are rewritten only if
-    missing or from another config.
+    missing or from another config. With a Dask ``client`` (:mod:`skyvar.pipeline.distributed`) the
+    epochs still to write are one task each (:func:`render_epoch_task`), with the same bytes as here.
     """
     out = Path(cfg.out_dir)
     (out / "frames").mkdir(parents=True, exist_ok=True)
@@ -530,6 +558,33 @@ def simulate_field_to_disk(cfg: FieldSimConfig, progress: bool = True) -> Path:
         from omegaconf import OmegaConf
 
         write_text_atomic(out / "sim_config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    if client is not None:
+        import pickle
+
+        from skyvar.pipeline.distributed import TaskFailed, run_tasks
+
+        todo = [e for e in range(cfg.n_epochs) if not _frame_done(out / "frames" / f"frame_{e:04d}.fits", h,
+                                                                   cfg.overwrite)]
+        # the field built here, before any epoch is rendered (no star operator yet), goes to the workers
+        # as a file each reads once: building it again on every worker costs ~15 epochs' worth
+        sim_file = out / f".field-{h}.pkl"
+        with atomic_path(sim_file) as tmp:
+            tmp.write_bytes(pickle.dumps(sim, protocol=5))
+        try:
+            res = run_tasks(render_epoch_task, todo, cfg, str(out), str(sim_file), client=client, desc="simulate",
+                            progress=progress)
+        finally:
+            sim_file.unlink(missing_ok=True)
+            from skyvar.pipeline.distributed import drop_cached
+
+            client.run(drop_cached, "field-sim:")
+        bad = [(e, r) for e, r in zip(todo, res) if isinstance(r, TaskFailed)]
+        if bad:
+            raise RuntimeError(f"simulating {len(bad)} epoch(s) failed, e.g. epoch {bad[0][0]}: {bad[0][1].error} "
+                               "(a rerun resumes: the frames written are kept)")
+        log.info("wrote %d frames to %s in %.1f s (%d on Dask)", cfg.n_epochs, out / "frames",
+                 time.perf_counter() - t0, len(todo))
+        return out
     epochs = range(cfg.n_epochs)
     if progress and cfg.n_epochs > 1:
         from tqdm.auto import tqdm
@@ -537,12 +592,8 @@ def simulate_field_to_disk(cfg: FieldSimConfig, progress: bool = True) -> Path:
         epochs = tqdm(epochs, desc="frames", unit="frame")
     for e in epochs:
         path = out / "frames" / f"frame_{e:04d}.fits"
-        if path.exists() and not cfg.overwrite:
-            try:
-                if fits.getheader(path).get("SIMHASH") == h:
-                    continue
-            except OSError:
-                pass  # truncated by an interruption: rewrite
+        if _frame_done(path, h, cfg.overwrite):
+            continue
         img, mask, hdr = sim.render_epoch(e)
         write_frame(path, img, hdr, mask)
     log.info("wrote %d frames to %s in %.1f s", cfg.n_epochs, out / "frames", time.perf_counter() - t0)
@@ -556,16 +607,28 @@ def _inside(sim: FieldSimulation) -> np.ndarray:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in ("-h", "--help"):
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
+    if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         print("keys and defaults:\n" + OmegaConf.to_yaml(OmegaConf.structured(FieldSimConfig)))
         return 0
+    # dask.<key>=... (skyvar.pipeline.distributed.DaskConfig) writes the epochs in parallel; it is not
+    # part of FieldSimConfig, so it cannot change the frames or their SIMHASH
+    dask_args = [a[len("dask."):] for a in argv if a.startswith("dask.")]
     try:
-        cfg = config_from_dotlist(FieldSimConfig, argv)
+        cfg = config_from_dotlist(FieldSimConfig, [a for a in argv if not a.startswith("dask.")])
+        from skyvar.pipeline.distributed import DaskConfig
+
+        dcfg = DaskConfig.from_any(OmegaConf.to_container(OmegaConf.from_dotlist(dask_args)) if dask_args else None)
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
-    simulate_field_to_disk(cfg)
+    if dcfg.enabled:
+        from skyvar.pipeline.distributed import dask_client
+
+        with dask_client(dcfg) as client:
+            simulate_field_to_disk(cfg, client=client)
+    else:
+        simulate_field_to_disk(cfg)
     return 0
