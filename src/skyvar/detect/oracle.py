@@ -90,8 +90,8 @@ class OracleDetector(Detector):
                  device: str = "auto", name: str = "oracle"):
         if truth is None:
             raise ValueError("detector=oracle needs the truth table (truth=<truth.ecsv>); it is for evaluation only")
-        from skyvar.evaluate.report import TruthSet
         from skyvar.device import resolve_device
+        from skyvar.evaluate.report import TruthSet
 
         self.name = name
         self.truth_path = Path(truth)
