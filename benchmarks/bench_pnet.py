@@ -4,6 +4,10 @@
    when there is one) beside sep (SExtractor settings of the paper's Table 2) and, when the skyvar
    baselines are installed, ``skyvar.detect.sep_baseline`` / ``photutils_psf`` through the same
    ``Detector.detect`` call. The issue's goal on one GPU: a 5000 x 5000 frame in <= 1 s.
+   The refinement (issue 14): PNet's network alone, PNet + the crowded-field PSF fit (the default), the
+   fit's own time as a ratio to the network's (target <= 1 on CPU), flip averaging (``tta``), and
+   photutils ``PSFPhotometry`` seeded with the same network positions and the same PSF (one pass, no
+   neighbour subtraction) beside it.
 2. Training throughput (128 x 128 stamps/s, forward + backward + Adam step) of the released
    architecture and of the default (GPU) one.
 3. The decoder ceiling: perfect, truth-rendered targets decoded and matched within 0.1 px, for a
@@ -62,8 +66,21 @@ def inference_rows(frame_path: Path, ckpt: Path, skip_peers: bool) -> list[dict]
         rows.append({"method": name, "device": device, "frame": f"{frame.shape[1]}x{frame.shape[0]}",
                      "seconds": s, "Mpix/s": mpix / s, "n_sources": n})
 
-    det = PNetDetector(checkpoint=str(ckpt), device="cpu", check_inputs=False)
-    add("PNet", "cpu", lambda: len(det.detect(frame)))
+    det = PNetDetector(checkpoint=str(ckpt), device="cpu", check_inputs=False, refine=False, report_mag_max=None)
+    add("PNet network only (refine=false)", "cpu", lambda: len(det.detect(frame)))
+    ref = PNetDetector(checkpoint=str(ckpt), device="cpu", check_inputs=False)
+    add("PNet + refinement (default)", "cpu", lambda: len(ref.detect(frame)))
+    timing = dict(ref.last_timing)
+    n_stars = rows[-1]["n_sources"]
+    rows.append({"method": f"  of which the PSF fit ({ref.refine_iter} sweeps, {n_stars} stars)", "device": "cpu",
+                 "frame": rows[-1]["frame"], "seconds": timing["refine_s"], "Mpix/s": mpix / timing["refine_s"],
+                 "n_sources": n_stars, "refine / network": timing["refine_s"] / timing["network_s"]})
+    tta = PNetDetector(checkpoint=str(ckpt), device="cpu", check_inputs=False, tta=True)
+    add("PNet + refinement, flip averaging (tta)", "cpu", lambda: len(tta.detect(frame)))
+    if not skip_peers:
+        cat = ref.detect(frame)
+        add("photutils PSFPhotometry at the network's positions (1 pass)", "cpu",
+            lambda: photutils_seeded(frame, cat))
     if torch.cuda.is_available():
         gdet = PNetDetector(checkpoint=str(ckpt), device="cuda", tile=2048, batch_size=4, check_inputs=False)
 
@@ -87,6 +104,32 @@ def inference_rows(frame_path: Path, ckpt: Path, skip_peers: bool) -> list[dict]
     for r in rows:
         r["time / PNet cpu"] = r["seconds"] / base
     return rows
+
+
+def photutils_seeded(frame, cat) -> int:
+    """photutils' PSFPhotometry (x, y, flux free; LM) seeded with the network's positions and fluxes,
+    with the frame's PSF and the network's background map: the library peer of the refinement."""
+    import warnings
+
+    from astropy.table import Table
+    from photutils.psf import PSFPhotometry
+    from threadpoolctl import threadpool_limits
+
+    from skyvar.detect.pnet import estimate_background
+    from skyvar.detect.psf_models import psf_from_header
+
+    psf = psf_from_header(frame.header).model.copy()
+    bkg = estimate_background(frame.data, frame.mask)
+    x = np.asarray(cat["x_pnet"], float)
+    ok = np.isfinite(x)
+    init = Table({"x": x[ok], "y": np.asarray(cat["y_pnet"], float)[ok],
+                  "flux": 10 ** (-0.4 * np.asarray(cat["mag_inst_pnet"], float)[ok])})
+    phot = PSFPhotometry(psf, fit_shape=(7, 7), aperture_radius=3, xy_bounds=1.0)
+    err = np.sqrt(frame.rdnoise**2 + np.clip(frame.data, 0, None))
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore")
+        res = phot(frame.data - bkg, error=err, mask=frame.mask != 0, init_params=init)
+    return len(res)
 
 
 def training_rows(batch: int = 8, steps: int = 3) -> list[dict]:

@@ -44,10 +44,19 @@ def test_released_checkpoint_is_small_and_loads_without_hydra():
 
 
 def test_operating_radius_selects_the_validation_threshold():
+    """The network alone uses the validation threshold per match radius; with the refinement (the
+    default) the operating point tuned for the refined catalogue (threshold and target limit)."""
     _, meta = load_pnet(CKPT)
     by_radius = meta["threshold_by_radius"]
-    assert PNetDetector(checkpoint=str(CKPT), device="cpu").threshold == pytest.approx(by_radius["1"])
-    assert PNetDetector(checkpoint=str(CKPT), device="cpu", operating_radius=0.1).threshold == pytest.approx(by_radius["0.1"])
+    raw = dict(checkpoint=str(CKPT), device="cpu", refine=False)
+    assert PNetDetector(**raw).threshold == pytest.approx(by_radius["1"])
+    assert PNetDetector(**raw, operating_radius=0.1).threshold == pytest.approx(by_radius["0.1"])
+    assert PNetDetector(**raw).report_mag_max == pytest.approx(meta["target_mag_max"])
+    ops = meta["refined_operating_points"]
+    for r in ("1", "0.1"):
+        d = PNetDetector(checkpoint=str(CKPT), device="cpu", operating_radius=float(r))
+        assert d.threshold == pytest.approx(ops[r]["threshold"])
+        assert d.report_mag_max == pytest.approx(ops[r]["report_mag_max"])
     assert PNetDetector(checkpoint=str(CKPT), device="cpu", threshold=0.5, operating_radius=0.1).threshold == 0.5
 
 
@@ -159,3 +168,67 @@ def test_flip_averaged_inference_is_exactly_flip_equivariant(sim_frame):
     di, ti, dist = match_catalogs(np.c_[127 - b["x"], b["y"]], np.c_[a["x"], a["y"]], 1e-3)
     assert len(di) == len(a["x"])
     np.testing.assert_allclose(b["magrel"][di], a["magrel"][ti], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- refinement
+def test_refinement_improves_bright_star_astrometry_and_keeps_the_network_values(sim_frame, detector):
+    frame_path, truth_path = sim_frame
+    frame = read_frame(frame_path)
+    cat = detector.detect(frame)
+    assert {"x_pnet", "y_pnet", "mag_inst_pnet", "fit_status", "chi2", "sky", "target"} <= set(cat.colnames)
+    assert cat.meta["refine_psf_source"] == "simulator"
+    truth = Table.read(truth_path)
+    bright = truth[(truth["mag"] < 22) & (truth["x"] > 5) & (truth["x"] < 186) & (truth["y"] > 5) & (truth["y"] < 186)]
+    di, ti, _ = match_catalogs(np.c_[cat["x"], cat["y"]], np.c_[bright["x"], bright["y"]], 1.0)
+    d_fit = np.hypot(np.asarray(cat["x"])[di] - bright["x"][ti], np.asarray(cat["y"])[di] - bright["y"][ti])
+    d_net = np.hypot(np.asarray(cat["x_pnet"])[di] - bright["x"][ti], np.asarray(cat["y_pnet"])[di] - bright["y"][ti])
+    assert np.median(d_fit) < 0.5 * np.median(d_net) and np.median(d_fit) < 0.03
+    dm = np.asarray(cat["mag"])[di] - np.asarray(bright["mag"])[ti]
+    assert np.median(np.abs(dm)) < 0.02
+    # the target flag is the measured magnitude against the evaluation limit
+    assert 24.5 <= detector.report_mag_max <= 25.5
+    np.testing.assert_array_equal(np.asarray(cat["target"]),
+                                  np.nan_to_num(np.asarray(cat["mag"]), nan=99) < detector.report_mag_max)
+    raw = PNetDetector(checkpoint=str(CKPT), device="cpu", refine=False, report_mag_max=None).detect(frame)
+    assert "x_pnet" not in raw.colnames and "target" not in raw.colnames and len(raw) == len(cat)
+
+
+def test_failed_fits_keep_the_network_values_with_a_flag(sim_frame, detector):
+    from skyvar.detect.base import FLAG_FIT_FAILED
+    from skyvar.detect.pnet import estimate_background
+    from skyvar.io.fits import MASK_BAD
+
+    frame = read_frame(sim_frame[0])
+    frame.mask[100:115, 100:115] |= MASK_BAD  # a hole with a "detection" inside
+    truth = Table.read(sim_frame[1])
+    s = truth[(truth["mag"] < 21) & (truth["x"] > 20) & (truth["x"] < 90) & (truth["y"] > 20) & (truth["y"] < 90)][0]
+    t = Table({"x": [107.0, s["x"] + 0.1], "y": [107.0, s["y"]], "flux": [5000.0, s["flux"]], "flux_err": [100.0, 100.0],
+               "flags": np.zeros(2, np.int32), "score": np.ones(2, np.float32), "mag_inst": [-9.25, -8.7]})
+    out = detector.refine_catalog(t, frame, estimate_background(frame.data, frame.mask))
+    assert len(out) == 2
+    assert out["fit_status"][0] == 2 and out["flags"][0] & FLAG_FIT_FAILED
+    assert (out["x"][0], out["y"][0], out["flux"][0], out["flux_err"][0]) == (107.0, 107.0, 5000.0, 100.0)
+    assert not out["flags"][1] & FLAG_FIT_FAILED
+
+
+def test_frame_without_psf_keys_is_refined_with_an_empirical_psf(tmp_path):
+    """No PSF in the header: the refinement builds an ePSF from the frame's own stars (neighbours
+    subtracted) and still measures bright stars to a few hundredths of a pixel."""
+    from skyvar.sim.field import FieldSimulation
+
+    sim = FieldSimulation(FieldSimConfig(size=384, seed=4243, region=778))
+    img, mask, hdr = sim.render_epoch(0)
+    for k in ("PSFMODEL", "PSFJITTR", "PSFDIL", "PSFVAR"):
+        del hdr[k]
+    p = write_frame(tmp_path / "nopsf.fits", img, hdr, mask)
+    det = PNetDetector(checkpoint=str(CKPT), device="cpu", check_inputs=False)
+    cat = det.detect(read_frame(p))
+    assert cat.meta["refine_psf_source"] == "epsf", cat.meta["refine_psf"]
+    truth = sim.truth_table()
+    bright = truth[(truth["mag"] < 22) & (truth["x"] > 5) & (truth["x"] < 378) & (truth["y"] > 5) & (truth["y"] < 378)]
+    di, ti, _ = match_catalogs(np.c_[cat["x"], cat["y"]], np.c_[bright["x"], bright["y"]], 1.0)
+    assert len(di) > 0.95 * len(bright)
+    d = np.hypot(np.asarray(cat["x"])[di] - bright["x"][ti], np.asarray(cat["y"])[di] - bright["y"][ti])
+    assert np.median(d) < 0.03
+    dm = np.asarray(cat["mag"])[di] - np.asarray(bright["mag"])[ti]
+    assert abs(np.median(dm)) < 0.03

@@ -26,8 +26,8 @@ def sextractor_like_detector():
 
 @pytest.fixture(scope="module")
 def sep_image():
-    with pytest.warns(UserWarning):  # the file lacks GAIN/RDNOISE/ZP: defaults with warnings
-        return read_frame(shared_data("sep", "image.fits"))
+    with pytest.warns(UserWarning):  # the file lacks GAIN/RDNOISE: defaults with warnings; ZP supplied
+        return read_frame(shared_data("sep", "image.fits"), zp=25.0)
 
 
 def test_background_matches_sextractor_check_image(sep_image):

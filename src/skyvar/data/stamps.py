@@ -21,12 +21,24 @@ What varies, and where:
 Validation and test stamps are a fixed grid of non-overlapping crops of the default-configuration
 frames with a fixed noise realisation per stamp.
 
+Background: estimated as at inference (:func:`skyvar.detect.pnet.estimate_background`, 64 px meshes,
+3 x 3 median filter), on a noisy window of the frame around the stamp (``background_context`` px on
+each side, aligned to the frame's 64 px mesh grid) and then cut to the stamp, so a stamp's background
+is the frame's, not that of a 128 px stamp with 2 x 2 meshes (which differed from the whole-frame
+estimate by 2.3 e⁻ rms, ≈ 0.04 mag at i = 24). ``background_context=0`` gives the old per-stamp estimate.
+
+Targets: every star brighter than ``detect_mag_max`` (default 26: every rendered star, S/N ≥ 5) is a
+detection target of the heatmap (``truth_detect``), so faint stars are found and can be subtracted as
+neighbours; ``truth_target`` (mag < ``target_mag_max`` = 25) marks the stars that evaluation counts,
+and ``magrel_target_max`` is that limit in the network's magnitude unit (−2.5 log10(flux/1000 e⁻)), so
+validation counts only detections whose predicted magnitude is brighter (the catalogue's target flag).
+
 Each item is a dict of tensors: ``image`` (1, S, S) electrons with masked pixels 0, ``mask`` (1, S, S)
-uint8 (:data:`skyvar.io.fits.MASK_SATURATED` | ``MASK_BAD``), ``background`` (1, S, S) electrons
-(:func:`skyvar.detect.pnet.estimate_background`, as at inference), ``rdnoise`` electrons, and the
-truth of every star whose centre lies in the stamp, padded to ``max_truth`` rows: ``truth_xy``
-(0-indexed stamp pixels), ``truth_flux`` (electrons drawn), ``truth_mag`` (AB, frame ZP),
-``truth_target`` (mag < ``target_mag_max``) and ``truth_valid``.
+uint8 (:data:`skyvar.io.fits.MASK_SATURATED` | ``MASK_BAD``), ``background`` (1, S, S) electrons,
+``rdnoise`` electrons, ``magrel_target_max``, and the truth of every star whose centre lies in the
+stamp, padded to ``max_truth`` rows: ``truth_xy`` (0-indexed stamp pixels), ``truth_flux`` (electrons
+drawn), ``truth_mag`` (AB, frame ZP), ``truth_target`` (mag < ``target_mag_max``), ``truth_detect``
+(mag < ``detect_mag_max``) and ``truth_valid``.
 """
 
 from __future__ import annotations
@@ -59,12 +71,15 @@ NO_VARIABLES = VariabilityConfig(frac_eb=0.0, frac_transit=0.0, frac_pulsator=0.
 class FrameVariation:
     """Ranges (uniform) of what differs between training frames; val/test frames use the defaults."""
 
-    psf_models: dict = dataclasses.field(default_factory=lambda: {"airy": 0.5, "optical": 0.35, "moffat": 0.15})
-    dilate: tuple[float, float] = (0.85, 1.3)
+    # Centred on the nominal CSST PSF (Airy 770 nm / 2 m + 0.06" jitter, FWHM 2.30 px): the FWHM of the
+    # drawn mix has median 2.33 px and 10-90 % range 1.9-2.7 px (the earlier mix, dilation 0.85-1.3 and
+    # broader Moffats, had median 2.67 px: the nominal PSF sat at the narrow end of training).
+    psf_models: dict = dataclasses.field(default_factory=lambda: {"airy": 0.55, "optical": 0.35, "moffat": 0.10})
+    dilate: tuple[float, float] = (0.78, 1.17)
     jitter_sigma_arcsec: tuple[float, float] = (0.045, 0.075)
-    aberration_sigma_waves: float = 0.06  # OpticalPSF: each Zernike term ~ N(0, σ)
+    aberration_sigma_waves: float = 0.04  # OpticalPSF: each Zernike term ~ N(0, σ)
     moffat_beta: tuple[float, float] = (2.5, 4.5)
-    moffat_fwhm_arcsec: tuple[float, float] = (0.12, 0.2)
+    moffat_fwhm_arcsec: tuple[float, float] = (0.08, 0.13)
     psf_variation: tuple[float, float] = (0.0, 0.2)
     density_scale: tuple[float, float] = (0.6, 1.5)
     clustering: tuple[float, float] = (0.0, 0.3)
@@ -185,11 +200,26 @@ def add_noise(expected_e: np.ndarray, read_var: float, saturation_e: float, rng:
     return np.round(img).astype(np.float32), mask
 
 
+def context_window(x0: int, y0: int, S: int, H: int, W: int, context: int, box: int = 64) -> tuple[int, int, int, int]:
+    """(wy0, wy1, wx0, wx1): the stamp [y0, y0+S) x [x0, x0+S) grown by ``context`` px per side, its
+    edges moved outwards onto the frame's ``box``-px mesh grid and clipped to the frame."""
+    if context <= 0:
+        return y0, y0 + S, x0, x0 + S
+    wx0 = max(0, ((x0 - context) // box) * box)
+    wy0 = max(0, ((y0 - context) // box) * box)
+    wx1 = min(W, -(-(x0 + S + context) // box) * box)
+    wy1 = min(H, -(-(y0 + S + context) // box) * box)
+    return wy0, wy1, wx0, wx1
+
+
 class _StampBase(Dataset):
-    def __init__(self, frames: list[dict], stamp_size: int, target_mag_max: float, max_truth: int):
+    def __init__(self, frames: list[dict], stamp_size: int, target_mag_max: float, max_truth: int,
+                 detect_mag_max: float | None = None, background_context: int = 128):
         self.frames = frames
         self.S = int(stamp_size)
         self.target_mag_max = float(target_mag_max)
+        self.detect_mag_max = float(target_mag_max if detect_mag_max is None else detect_mag_max)
+        self.background_context = int(background_context)
         self.max_truth = int(max_truth)
         for f in frames:
             if min(f["stars"].shape) < self.S:
@@ -202,10 +232,27 @@ class _StampBase(Dataset):
         sel = (x >= -0.5) & (x < S - 0.5) & (y >= -0.5) & (y < S - 0.5)
         return x[sel], y[sel], f["flux"][sel], f["mag"][sel]
 
-    def _item(self, img, mask, x, y, flux, mag, rdnoise) -> dict[str, torch.Tensor]:
+    def _noisy_stamp(self, f: dict, x0: int, y0: int, k: float, sky: float, rng: np.random.Generator):
+        """Image, mask and background of the stamp at (x0, y0): noise is drawn over the context window
+        and the background is estimated there (as on a whole frame), then both are cut to the stamp."""
         from skyvar.detect.pnet import estimate_background
 
+        S = self.S
+        H, W = f["stars"].shape
+        wy0, wy1, wx0, wx1 = context_window(x0, y0, S, H, W, self.background_context)
+        win = f["stars"][wy0:wy1, wx0:wx1].astype(np.float64) * k + sky
+        img, mask = add_noise(win, float(f["read_var"]), float(f["saturation_e"]), rng)
         bkg = estimate_background(img, mask)
+        cut = (slice(y0 - wy0, y0 - wy0 + S), slice(x0 - wx0, x0 - wx0 + S))
+        return img[cut].copy(), mask[cut].copy(), np.asarray(bkg[cut], np.float32).copy()
+
+    def _magrel_limit(self, f: dict) -> float:
+        """``target_mag_max`` in the network's unit −2.5 log10(flux / 1000 e⁻) for frame ``f``."""
+        from skyvar.models.components.pnet import MAG_REF_E
+
+        return float(self.target_mag_max - float(f["zp"]) - 2.5 * np.log10(float(f["exptime"]) / MAG_REF_E))
+
+    def _item(self, img, mask, x, y, flux, mag, rdnoise, bkg, magrel_max) -> dict[str, torch.Tensor]:
         n = len(x)
         if n > self.max_truth:
             raise ValueError(f"{n} stars in a stamp exceed max_truth={self.max_truth}; raise data.max_truth")
@@ -222,7 +269,9 @@ class _StampBase(Dataset):
             "background": torch.from_numpy(bkg[None].astype(np.float32)),
             "rdnoise": torch.tensor(rdnoise, dtype=torch.float32),
             "truth_xy": torch.from_numpy(xy), "truth_flux": torch.from_numpy(tf), "truth_mag": torch.from_numpy(tm),
-            "truth_target": torch.from_numpy(valid & (tm < self.target_mag_max)), "truth_valid": torch.from_numpy(valid),
+            "truth_target": torch.from_numpy(valid & (tm < self.target_mag_max)),
+            "truth_detect": torch.from_numpy(valid & (tm < self.detect_mag_max)), "truth_valid": torch.from_numpy(valid),
+            "magrel_target_max": torch.tensor(magrel_max, dtype=torch.float32),
         }
 
 
@@ -230,8 +279,9 @@ class TrainStamps(_StampBase):
     """Random crops with on-the-fly noise and augmentation; ``length`` stamps per epoch."""
 
     def __init__(self, frames: list[dict], stamp_size: int = 128, length: int = 2048, target_mag_max: float = 25.0,
-                 max_truth: int = 1024, augment: StampAugment | None = None, seed: int = 0):
-        super().__init__(frames, stamp_size, target_mag_max, max_truth)
+                 max_truth: int = 1024, augment: StampAugment | None = None, seed: int = 0,
+                 detect_mag_max: float | None = None, background_context: int = 128):
+        super().__init__(frames, stamp_size, target_mag_max, max_truth, detect_mag_max, background_context)
         self.length = int(length)
         self.aug = augment or StampAugment()
         self.seed = seed
@@ -249,18 +299,17 @@ class TrainStamps(_StampBase):
         f = self.frames[int(rng.choice(len(self.frames), p=self.p_frame))]
         H, W = f["stars"].shape
         x0, y0 = int(rng.integers(0, W - S + 1)), int(rng.integers(0, H - S + 1))
-        stars = f["stars"][y0 : y0 + S, x0 : x0 + S].astype(np.float64)
         x, y, flux, mag = self._truth_in(f, x0, y0)
         dm = float(rng.uniform(-a.flux_scale_mag, a.flux_scale_mag)) if a.flux_scale_mag > 0 else 0.0
         k = 10 ** (-0.4 * dm)
         flux, mag = flux * k, mag + dm
         lo, hi = np.log(a.sky_scale[0]), np.log(a.sky_scale[1])
         sky = float(f["sky_e"]) * float(np.exp(rng.uniform(lo, hi)))
+        img, mask, bkg = self._noisy_stamp(f, x0, y0, k, sky, rng)
         if a.rot_flip:
             kr, fl = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-            stars = transform_image(stars, kr, fl)
+            img, mask, bkg = (transform_image(v, kr, fl) for v in (img, mask, bkg))
             x, y = transform_positions(x, y, S, kr, fl)
-        img, mask = add_noise(stars * k + sky, float(f["read_var"]), float(f["saturation_e"]), rng)
         if a.bad_pixel_prob > 0 and rng.random() < a.bad_pixel_prob:
             bad = rng.random((S, S)) < a.bad_pixel_frac
             if rng.random() < a.bad_column_prob / max(a.bad_pixel_prob, 1e-9):
@@ -269,15 +318,16 @@ class TrainStamps(_StampBase):
                 bad[r0 : r0 + int(rng.integers(8, S)), c] = True
             mask[bad] |= MASK_BAD
             img[bad] = 0.0
-        return self._item(img, mask, x, y, flux, mag, float(np.sqrt(f["read_var"])))
+        return self._item(img, mask, x, y, flux, mag, float(np.sqrt(f["read_var"])), bkg, self._magrel_limit(f))
 
 
 class GridStamps(_StampBase):
     """Non-overlapping crops on a grid, fixed noise per stamp (validation / test)."""
 
     def __init__(self, frames: list[dict], stamp_size: int = 128, target_mag_max: float = 25.0,
-                 max_truth: int = 1024, seed: int = 0):
-        super().__init__(frames, stamp_size, target_mag_max, max_truth)
+                 max_truth: int = 1024, seed: int = 0, detect_mag_max: float | None = None,
+                 background_context: int = 128):
+        super().__init__(frames, stamp_size, target_mag_max, max_truth, detect_mag_max, background_context)
         self.seed = seed
         self.index = []
         for fi, f in enumerate(frames):
@@ -292,12 +342,10 @@ class GridStamps(_StampBase):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         fi, x0, y0 = self.index[i]
         f = self.frames[fi]
-        S = self.S
         rng = np.random.default_rng([self.seed, 5, i])
-        stars = f["stars"][y0 : y0 + S, x0 : x0 + S].astype(np.float64)
-        img, mask = add_noise(stars + float(f["sky_e"]), float(f["read_var"]), float(f["saturation_e"]), rng)
+        img, mask, bkg = self._noisy_stamp(f, x0, y0, 1.0, float(f["sky_e"]), rng)
         x, y, flux, mag = self._truth_in(f, x0, y0)
-        return self._item(img, mask, x, y, flux, mag, float(np.sqrt(f["read_var"])))
+        return self._item(img, mask, x, y, flux, mag, float(np.sqrt(f["read_var"])), bkg, self._magrel_limit(f))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -310,7 +358,8 @@ class CSSTStampDataModule(L.LightningDataModule):
                  train_stamps_per_epoch: int = 2048, batch_size: int = 16, eval_batch_size: int | None = None,
                  num_workers: int = 0, target_mag_max: float = 25.0, max_truth: int = 1024, seed: int = 0,
                  variation: dict | FrameVariation | None = None, augment: dict | StampAugment | None = None,
-                 vary_train_frames: bool = True, pin_memory: bool = False):
+                 vary_train_frames: bool = True, pin_memory: bool = False, detect_mag_max: float | None = 26.0,
+                 background_context: int = 128):
         super().__init__()
         self.variation = _as_dc(FrameVariation, variation)
         self.augment = _as_dc(StampAugment, augment)
@@ -349,13 +398,14 @@ class CSSTStampDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
+        kw = dict(detect_mag_max=h.detect_mag_max, background_context=h.background_context)
         if stage in (None, "fit"):
             self.train_set = TrainStamps(self._load("train"), h.stamp_size, h.train_stamps_per_epoch,
-                                         h.target_mag_max, h.max_truth, self.augment, seed=h.seed)
+                                         h.target_mag_max, h.max_truth, self.augment, seed=h.seed, **kw)
         if stage in (None, "fit", "validate"):
-            self.val_set = GridStamps(self._load("val"), h.stamp_size, h.target_mag_max, h.max_truth, seed=h.seed + 1)
+            self.val_set = GridStamps(self._load("val"), h.stamp_size, h.target_mag_max, h.max_truth, seed=h.seed + 1, **kw)
         if stage in (None, "test"):
-            self.test_set = GridStamps(self._load("test"), h.stamp_size, h.target_mag_max, h.max_truth, seed=h.seed + 2)
+            self.test_set = GridStamps(self._load("test"), h.stamp_size, h.target_mag_max, h.max_truth, seed=h.seed + 2, **kw)
 
     def training_meta(self) -> dict:
         """What the model was trained on (stored in its checkpoint; :class:`PNetDetector` warns when a
@@ -369,6 +419,8 @@ class CSSTStampDataModule(L.LightningDataModule):
             "sky_e": [float(min(f["sky_e"] for f in fr) * self.augment.sky_scale[0]),
                       float(max(f["sky_e"] for f in fr) * self.augment.sky_scale[1])],
             "target_mag_max": float(self.hparams.target_mag_max),
+            "detect_mag_max": float(self.hparams.detect_mag_max or self.hparams.target_mag_max),
+            "background_context": int(self.hparams.background_context),
             "stamp_size": int(self.hparams.stamp_size),
             "data_hash": self.cache_dir.name,
             "n_train_frames": len(fr),

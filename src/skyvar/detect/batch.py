@@ -47,12 +47,14 @@ class DetectResult:
         return len(self.catalogs) - self.n_resumed
 
 
-def detect_file(detector: Detector, file: str | Path, out: str | Path, config_hash: str) -> Path:
+def detect_file(detector: Detector, file: str | Path, out: str | Path, config_hash: str,
+                frame: dict | None = None) -> Path:
     """Detect on one frame file and write its catalogue to ``out`` (raises FrameError on a bad frame,
     anything else on a detector failure)."""
     from skyvar.io.fits import read_frame
 
-    frame = read_frame(file)
+    # ``frame``: values for header keys the file lacks (read_frame's exptime, zp, rdnoise, gain)
+    frame = read_frame(file, **{k: v for k, v in dict(frame or {}).items() if v is not None})
     t0 = time.perf_counter()
     cat = detector.detect(frame)
     cat.meta["config_hash"] = config_hash
@@ -124,7 +126,8 @@ class DetectorSpec:
         return worker_cached(f"detector:{self.key}", self.build)
 
 
-def detect_file_task(file: str, spec: DetectorSpec, cat_dir: str, config_hash: str, fmt: str = "ecsv") -> dict:
+def detect_file_task(file: str, spec: DetectorSpec, cat_dir: str, config_hash: str, fmt: str = "ecsv",
+                     frame: dict | None = None) -> dict:
     """One frame on a Dask worker: read it here, detect with this worker's cached detector, write its
     catalogue. Returns a small record (``status`` done|failed, ``catalog``, failure ``stage``/``error``,
     ``stats``); a bad frame or a detector error is a record, not an exception, as in :func:`detect_files`."""
@@ -137,7 +140,7 @@ def detect_file_task(file: str, spec: DetectorSpec, cat_dir: str, config_hash: s
     rec: dict = {"file": str(f)}
     try:
         detector = spec.cached()
-        detect_file(detector, f, out, config_hash)
+        detect_file(detector, f, out, config_hash, frame)
         rec.update(status="done", catalog=str(out))
     except FrameError as e:
         rec.update(status="failed", stage="read", error=str(e))
@@ -150,16 +153,17 @@ def detect_file_task(file: str, spec: DetectorSpec, cat_dir: str, config_hash: s
 
 def detect_files(detector: Detector | DetectorSpec | dict, files: Sequence[str | Path], cat_dir: str | Path,
                  config_hash: str, fmt: str = "ecsv", resume: bool = True, progress: bool = False,
-                 client: Any = None) -> DetectResult:
+                 client: Any = None, frame: dict | None = None) -> DetectResult:
     """Run ``detector`` on every file; one catalogue per frame in ``cat_dir`` (see module doc).
 
     ``detector``: a Detector, a ``_target_`` config or a :class:`DetectorSpec`. With a Dask ``client``
     each frame still to do is one task (:func:`detect_file_task`); without, frames run here in order.
+    ``frame``: values for header keys a file lacks (``exptime``, ``zp``, ``rdnoise``, ``gain``).
     """
     from skyvar.io.fits import FrameError
 
     if client is not None:
-        return _detect_files_dask(detector, files, cat_dir, config_hash, fmt, resume, progress, client)
+        return _detect_files_dask(detector, files, cat_dir, config_hash, fmt, resume, progress, client, frame)
     if isinstance(detector, DetectorSpec):
         detector = detector.build()
     elif not hasattr(detector, "detect"):  # a `_target_` config
@@ -183,7 +187,7 @@ def detect_files(detector: Detector | DetectorSpec | dict, files: Sequence[str |
             continue
         t0 = time.perf_counter()
         try:
-            detect_file(detector, f, out, config_hash)
+            detect_file(detector, f, out, config_hash, frame)
         except FrameError as e:
             log.error("skipping %s: %s", f, e)
             failures.append({"file": str(f), "stage": "read", "error": str(e)})
@@ -198,7 +202,8 @@ def detect_files(detector: Detector | DetectorSpec | dict, files: Sequence[str |
     return DetectResult(cats, failures, n_resumed, wall)
 
 
-def _detect_files_dask(detector, files, cat_dir, config_hash, fmt, resume, progress, client) -> DetectResult:
+def _detect_files_dask(detector, files, cat_dir, config_hash, fmt, resume, progress, client,
+                       frame: dict | None = None) -> DetectResult:
     from skyvar.pipeline.distributed import TaskFailed, run_tasks
 
     cat_dir = Path(cat_dir)
@@ -208,7 +213,7 @@ def _detect_files_dask(detector, files, cat_dir, config_hash, fmt, resume, progr
     done = [resume and (catalog_meta(o) or {}).get("config_hash") == config_hash for o in outs]
     todo = [str(f) for f, d in zip(files, done) if not d]
     spec = DetectorSpec.of(detector).spilled(cat_dir)
-    recs = run_tasks(detect_file_task, todo, spec, str(cat_dir), config_hash, fmt, client=client,
+    recs = run_tasks(detect_file_task, todo, spec, str(cat_dir), config_hash, fmt, frame, client=client,
                      desc="detect", progress=progress)
     if todo:
         from skyvar.pipeline.distributed import drop_cached

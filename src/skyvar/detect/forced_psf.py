@@ -434,9 +434,9 @@ class ForcedPSFDetector(Detector):
     preferably ``ra, dec`` (used with each frame's WCS, so pointing offsets are followed) and ``flux``
     (electrons, sets the fit radii). The PSF is the frame's (:func:`skyvar.detect.psf_models.psf_for_frame`
     with ``psf``: ``auto`` = the simulator header when present, else an ePSF from the frame). Output
-    columns beyond the contract: ``ref_id, chi2, local_bkg``. ``series_frame``: the frame file that
-    fixes the weights, fit radii and saturation mask of the series (module doc); default the first
-    frame measured.
+    columns beyond the contract: ``ref_id, chi2, local_bkg`` and the reference's ``target`` flag when it
+    has one. ``series_frame``: the frame file that fixes the weights, fit radii and saturation mask of
+    the series (module doc); default the first frame measured.
     """
 
     def __init__(self, reference=None, name: str = "forced_psf", psf: str = "auto", radius_min: int = 3,
@@ -559,6 +559,10 @@ class ForcedPSFDetector(Detector):
         out["flux"], out["flux_err"] = res["flux"], res["flux_err"]
         out["flags"] = flags
         out["ref_id"] = np.asarray(self.reference["ref_id"])
+        if "target" in self.reference.colnames:
+            # a reference detector's target flag (e.g. PNet's: detections measured brighter than the
+            # evaluation limit) carries over, per star, so every epoch evaluates the same stars
+            out["target"] = np.asarray(self.reference["target"], bool)
         out["chi2"] = res["chi2"]
         out["local_bkg"] = res["background"]
         ny, nx = frame.shape

@@ -71,15 +71,23 @@ class FramePSF:
 
 # ------------------------------------------------------------------------------------------ simulator
 def has_sim_psf(header) -> bool:
-    return header is not None and all(k in header for k in SIM_PSF_KEYS)
+    """True when the header determines the simulator's PSF: its keys are there and the model is the
+    default Airy (the simulator writes no aberrations or Moffat shape; see :func:`psf_from_header`)."""
+    return (header is not None and all(k in header for k in SIM_PSF_KEYS)
+            and str(header["PSFMODEL"]).strip().lower() == "airy")
 
 
 def psf_from_header(header, oversampling: int = 8, norm_radius: int = 10, model_radius: int | None = None,
                     psf_levels: int = 5) -> FramePSF | None:
-    """The simulator's PSF for a frame header, or None when the header lacks the simulator's keys.
+    """The simulator's PSF for a frame header, or None when the header does not determine it.
 
     ``oversampling`` must divide the simulator's 64-per-pixel grid. ``model_radius`` (px, default
-    ``norm_radius``) is the half-size of the model image.
+    ``norm_radius``) is the half-size of the model image. The header determines the PSF only for the
+    default ``airy`` model (wavelength and aperture fixed, jitter ``PSFJITTR`` and dilation ``PSFDIL``
+    given): the simulator does not write an OpticalPSF's aberrations or a Moffat's shape, so for those
+    models the header PSF would be wrong (an aberrated frame's fluxes came out 13 % low with it) and
+    None is returned — detectors then build an empirical PSF, and the oracle reads the simulator's
+    configuration (:func:`psf_from_sim_config`).
     """
     if not has_sim_psf(header):
         return None
@@ -88,15 +96,43 @@ def psf_from_header(header, oversampling: int = 8, norm_radius: int = 10, model_
     model_name = str(header["PSFMODEL"]).strip().lower()
     cfg = PSFConfig(model=model_name, jitter_sigma_arcsec=float(header["PSFJITTR"]),
                     dilate=float(header.get("PSFDIL", 1.0)))
-    pixscale = float(header["PIXSCALE"])
-    variation = float(header.get("PSFVAR", 0.0) or 0.0)
-    key = (tuple(sorted(dataclasses.asdict(cfg).items())), pixscale, int(oversampling), int(norm_radius),
+    ny, nx = int(header.get("NAXIS2", 0) or 0), int(header.get("NAXIS1", 0) or 0)
+    return frame_psf_from_config(cfg, float(header["PIXSCALE"]), float(header.get("PSFVAR", 0.0) or 0.0), nx, ny,
+                                 oversampling, norm_radius, model_radius, psf_levels)
+
+
+def psf_from_sim_config(path, header=None, oversampling: int = 8, norm_radius: int = 10) -> FramePSF | None:
+    """The exact PSF of a :mod:`skyvar.sim.field` frame from the ``sim_config.yaml`` written beside its
+    truth (every PSF parameter, aberrations included); None when the file is missing or unreadable."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        from omegaconf import OmegaConf
+
+        from skyvar.sim.field import FieldSimConfig
+
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FieldSimConfig), OmegaConf.load(path)))
+    except Exception as e:  # a foreign or damaged file
+        log.warning("cannot read the simulator configuration %s (%s: %s)", path, type(e).__name__, e)
+        return None
+    ny, nx = cfg.shape
+    return frame_psf_from_config(cfg.psf, cfg.pixel_scale, cfg.psf_variation, nx, ny, oversampling, norm_radius,
+                                 None, cfg.psf_levels)
+
+
+def frame_psf_from_config(cfg, pixscale: float, variation: float, nx: int, ny: int, oversampling: int = 8,
+                          norm_radius: int = 10, model_radius: int | None = None, psf_levels: int = 5) -> FramePSF:
+    """FramePSF of a :class:`skyvar.sim.psf.PSFConfig` drawn as the simulator draws it (see the module
+    docstring), with its variation across an nx x ny frame."""
+    key = (tuple(sorted(dataclasses.asdict(cfg).items())), float(pixscale), int(oversampling), int(norm_radius),
            int(model_radius or norm_radius))
     base = _sim_image_psf(key, 1.0)
-    note = f"simulator PSF ({model_name}, jitter {cfg.jitter_sigma_arcsec}\", dilate {cfg.dilate})"
+    note = f"simulator PSF ({cfg.model}, jitter {cfg.jitter_sigma_arcsec}\", dilate {cfg.dilate})"
     at = None
     if variation:
-        ny, nx = int(header.get("NAXIS2", 0) or 0), int(header.get("NAXIS1", 0) or 0)
         levels = max(int(psf_levels), 2)
         scales = 1.0 + variation * (np.arange(levels) / (levels - 1) - 0.5)
         note += f"; varies by {variation:+.2%} across the frame ({levels} levels)"
@@ -292,3 +328,63 @@ def psf_for_frame(frame, data_sub: np.ndarray | None = None, rms: float | None =
 
     bad = (frame.mask & (MASK_BAD | MASK_SATURATED)) > 0
     return empirical_psf(data_sub, bad, float(rms if rms is not None else np.std(data_sub)), sources)
+
+
+# ------------------------------------------------------------------------------------------ PSF files
+def normalise_to_stamp(model, norm_radius: int = 10):
+    """A copy of ``model`` (``ImagePSF``) scaled to unit flux within the (2R+1)² px square around a star
+    at phase 0, the convention of :func:`psf_from_header` (a smaller model: unit flux over its extent)."""
+    from photutils.psf import ImagePSF
+
+    u = np.arange(-norm_radius, norm_radius + 1, dtype=float)
+    xx, yy = np.meshgrid(u, u)
+    s = float(np.nansum(model.evaluate(xx.ravel(), yy.ravel(), 1.0, 0.0, 0.0)))
+    if not np.isfinite(s) or s <= 0:
+        raise ValueError("PSF model has no positive flux")
+    os_ = int(np.atleast_1d(model.oversampling)[0])  # square sampling throughout skyvar
+    return ImagePSF(np.asarray(model.data, float) / s, oversampling=os_, origin=tuple(float(o) for o in model.origin))
+
+
+def read_psf_file(path, norm_radius: int = 10) -> FramePSF:
+    """A PSF from a FITS file: the primary image is the pixel-integrated PSF sampled ``OVERSAMP`` times
+    per pixel (default 1), centred on its central sample (or on ``CRPIX1/2``-style ``PSFX0/PSFY0``, 0-indexed
+    samples); it is renormalised to unit flux within the (2R+1)² px square (:func:`normalise_to_stamp`)."""
+    from astropy.io import fits
+    from photutils.psf import ImagePSF
+
+    from skyvar.io.fits import FrameError
+
+    try:
+        with fits.open(path) as h:
+            data = np.asarray(h[0].data, float)
+            hdr = h[0].header
+    except (OSError, ValueError, TypeError) as e:
+        raise FrameError(f"{path}: cannot read the PSF file ({type(e).__name__}: {e})") from e
+    if data.ndim != 2 or not np.isfinite(data).all() or data.sum() <= 0:
+        raise FrameError(f"{path}: a PSF file needs a finite 2-D image with positive flux")
+    os_ = int(hdr.get("OVERSAMP", 1))
+    oy = float(hdr.get("PSFY0", (data.shape[0] - 1) / 2.0))
+    ox = float(hdr.get("PSFX0", (data.shape[1] - 1) / 2.0))
+    model = normalise_to_stamp(ImagePSF(data, oversampling=os_, origin=(ox, oy)), norm_radius)
+    return FramePSF(model=model, fwhm=_fwhm_of(model), source="file", note=f"PSF file {path}")
+
+
+def write_psf_file(path, psf, radius: int = 12, oversampling: int = 4) -> None:
+    """Write ``psf`` (FramePSF or photutils model) sampled ``oversampling`` times per pixel within
+    ±``radius`` px as a FITS file readable by :func:`read_psf_file`."""
+    from astropy.io import fits
+
+    from skyvar.utils.atomic import atomic_path
+
+    m = psf.model if hasattr(psf, "model") else psf
+    half = radius * oversampling
+    u = np.arange(-half, half + 1) / oversampling
+    xx, yy = np.meshgrid(u, u)
+    data = np.asarray(m.evaluate(xx.ravel(), yy.ravel(), 1.0, 0.0, 0.0), float).reshape(xx.shape)
+    hdr = fits.Header()
+    hdr["OVERSAMP"] = (oversampling, "samples per pixel")
+    hdr["PSFX0"] = (float(half), "0-indexed sample of the PSF centre (x)")
+    hdr["PSFY0"] = (float(half), "0-indexed sample of the PSF centre (y)")
+    hdr["COMMENT"] = "pixel-integrated PSF; value at an offset = fraction of a unit star's flux in that pixel"
+    with atomic_path(path) as tmp:
+        fits.PrimaryHDU(data.astype(np.float32), header=hdr).writeto(tmp, overwrite=True)

@@ -38,6 +38,11 @@ def compare(reports: dict[str, str | Path], out_dir: str | Path) -> Path:
     results, pairs = {}, {}
     for name, d in reports.items():
         results[name], pairs[name] = load_report(d)
+    # the oracle of the first report that ran one (the same frames: one ceiling for all)
+    oracle = next((m["oracle"] for m in results.values() if isinstance(m.get("oracle"), dict)
+                   and "by_radius" in m["oracle"]), None)
+    if oracle is not None and "oracle" not in results:
+        results["oracle"] = oracle
     write_figures(results, pairs, out)
     md = markdown_report(results, paper={"classical (sep+PSF)": paper.CLASSICAL, "PNet": paper.PNET})
     return write_text_atomic(out / "comparison.md", md)

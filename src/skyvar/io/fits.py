@@ -3,7 +3,18 @@
 A frame is a 2-D image in electrons (or ADU with ``GAIN``) with the metadata needed for photometry:
 exposure time, gain, read noise, mid-exposure MJD, zero point, filter and a celestial WCS. Real
 frames miss keys; :func:`read_frame` falls back with a warning where a sane default exists and raises
-:class:`FrameError` (naming the file) where none does.
+:class:`FrameError` (naming the file) where none does:
+
+- no ``EXPTIME`` (or EXPOSURE/ITIME): an error, unless the caller supplies ``exptime`` (the config's
+  ``frame.exptime=``; used only when the header lacks it) — a silent 1 s would put every magnitude
+  6 mag off;
+- no zero point (``ZP``/MAGZERO/MAGZP/ZEROPT): the frame reads (fluxes, detection and positions need
+  none) with ``zp`` NaN, and asking it for a magnitude (:meth:`Frame.flux_to_mag`, which every
+  catalogue does) is an error naming the file, unless ``zp`` is supplied (``frame.zp=``);
+- no ``RDNOISE``: a warning stating the value assumed (``rdnoise``, default 0 e⁻);
+- an empty or constant frame (every usable pixel equal, e.g. all zeros) is an error; pixels with
+  absurd values (|value| > 1e12 e⁻: fill values such as −1e30) are masked like NaN, with a message
+  naming the file; a frame with nothing else is an error.
 
 Pixel convention: numpy ``data[y, x]``; 0-indexed pixel centres (FITS/WCS are 1-indexed; astropy's
 ``pixel_to_world`` already uses 0-indexed pixels, so no conversion is needed through it).
@@ -29,7 +40,8 @@ log = get_logger(__name__)
 MASK_SATURATED = 1
 MASK_BAD = 2  # NaN/inf or flagged bad pixel
 
-DEFAULT_ZP = 25.85  # CSST i band, mag for 1 e-/s (DESIGN.md §4); only used with a warning
+DEFAULT_ZP = 25.85  # CSST i band, mag for 1 e-/s (DESIGN.md §4): the simulator's; never assumed for a frame
+ABSURD_E = 1e12  # |pixel| above this many electrons is a fill value, not data
 
 
 class FrameError(ValueError):
@@ -66,14 +78,22 @@ class Frame:
     def shape(self) -> tuple[int, int]:
         return self.data.shape  # type: ignore[return-value]
 
+    def _need_zp(self) -> None:
+        if not np.isfinite(self.zp):
+            raise FrameError(f"{self.path}: no zero point in the header (ZP, MAGZERO, MAGZP or ZEROPT); magnitudes "
+                             f"need one: set frame.zp=<AB mag giving 1 e-/s>")
+
     def flux_to_mag(self, flux_e: np.ndarray) -> np.ndarray:
-        """AB magnitude of a flux in electrons over the exposure (NaN where flux <= 0)."""
+        """AB magnitude of a flux in electrons over the exposure (NaN where flux <= 0). Raises
+        :class:`FrameError` when the frame has no zero point."""
+        self._need_zp()
         flux_e = np.asarray(flux_e, dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):
             m = self.zp - 2.5 * np.log10(flux_e / self.exptime)
         return np.where(flux_e > 0, m, np.nan)
 
     def mag_to_flux(self, mag: np.ndarray) -> np.ndarray:
+        self._need_zp()
         return self.exptime * 10 ** (-0.4 * (np.asarray(mag, dtype=float) - self.zp))
 
     def to_ccddata(self):
@@ -129,7 +149,7 @@ class Frame:
         wcs = wcs if wcs is not None and wcs.has_celestial else None
         return cls(data=data, mask=mask, header=hdr, exptime=exptime, gain=gain_applied,
                    rdnoise=float(rdnoise if rdnoise is not None else hdr.get("RDNOISE", 0.0)),
-                   zp=float(zp if zp is not None else hdr.get("ZP", DEFAULT_ZP)),
+                   zp=float(zp if zp is not None else hdr.get("ZP", float("nan"))),
                    mjd=mid_exposure_mjd(hdr, exptime), filter=str(filter or hdr.get("FILTER", "unknown")),
                    wcs=wcs)
 
@@ -143,7 +163,7 @@ class Frame:
 
 
 def _header_float(hdr: fits.Header, keys: tuple[str, ...], default: float | None, what: str, path, notes,
-                  warn: bool = True):
+                  warn: bool = True, hint: str = ""):
     for k in keys:
         if k in hdr and hdr[k] not in (None, ""):
             try:
@@ -153,8 +173,8 @@ def _header_float(hdr: fits.Header, keys: tuple[str, ...], default: float | None
             if np.isfinite(v):
                 return v
     if default is None:
-        raise FrameError(f"{path}: header has none of {list(keys)} ({what}) and no default exists")
-    msg = f"{path}: header has none of {list(keys)} ({what}); using {default}"
+        raise FrameError(f"{path}: header has none of {list(keys)} ({what}) and no default exists{hint}")
+    msg = f"{path}: header has none of {list(keys)} ({what}); assuming {default}{hint}"
     if warn:
         notes.append(msg)
         warnings.warn(msg, stacklevel=3)
@@ -218,17 +238,21 @@ def mid_exposure_mjd(header: fits.Header, exptime: float | None = None, path: st
     return float("nan")
 
 
-def read_frame(path: str | os.PathLike, hdu: int | str | None = None, zp_default: float | None = DEFAULT_ZP) -> Frame:
-    """Read a frame from FITS with validation.
+def read_frame(path: str | os.PathLike, hdu: int | str | None = None, exptime: float | None = None,
+               zp: float | None = None, rdnoise: float | None = None, gain: float | None = None) -> Frame:
+    """Read a frame from FITS with validation (see the module docstring).
 
     - The first HDU holding a 2-D image is used unless ``hdu`` is given; a ``MASK`` extension is read.
-    - NaN/inf pixels are set to 0 and flagged ``MASK_BAD`` (they must not reach neighbours' photometry).
+    - NaN/inf pixels and absurd values (|v| > ``ABSURD_E`` e⁻) are set to 0 and flagged ``MASK_BAD``
+      (they must not reach neighbours' photometry).
     - Pixels at or above ``SATURATE`` are flagged ``MASK_SATURATED``.
-    - Missing EXPTIME/GAIN/RDNOISE/ZP fall back to defaults with a warning.
+    - ``exptime``, ``zp``, ``rdnoise``, ``gain``: values for keys the header lacks (the config's
+      ``frame.*``); the header wins where it has the key.
     - The time is the mid-exposure MJD (:func:`mid_exposure_mjd`: ``MJD-AVG``/``DATE-AVG``, else
       ``MJD-OBS``/``DATE-OBS`` (the start) + ``EXPTIME/2``).
 
-    Raises FrameError for unreadable, truncated or empty files, non-2-D data, all-bad frames.
+    Raises FrameError for unreadable, truncated or empty files, non-2-D data, a missing exposure time,
+    all-bad and constant frames.
     """
     path = Path(path)
     notes: list[str] = []
@@ -263,20 +287,29 @@ def read_frame(path: str | os.PathLike, hdu: int | str | None = None, zp_default
     if data.size == 0 or min(data.shape) < 4:
         raise FrameError(f"{path}: image of shape {data.shape} is too small")
 
-    exptime = _header_float(header, ("EXPTIME", "EXPOSURE", "ITIME"), 1.0, "exposure time [s]", path, notes)
+    exptime = _header_float(header, ("EXPTIME", "EXPOSURE", "ITIME"), exptime, "exposure time [s]", path, notes,
+                            hint="; set frame.exptime=<seconds>" if exptime is None else " s (from frame.exptime)")
     if exptime <= 0:
         raise FrameError(f"{path}: EXPTIME={exptime} must be positive")
-    gain = _header_float(header, ("GAIN", "EGAIN", "CCDGAIN"), 1.0, "gain [e-/ADU]", path, notes)
+    gain = _header_float(header, ("GAIN", "EGAIN", "CCDGAIN"), 1.0 if gain is None else gain, "gain [e-/ADU]", path,
+                         notes, hint=" e-/ADU (set frame.gain=)" if gain is None else " e-/ADU (from frame.gain)")
     if gain <= 0:
         gain = 1.0
         notes.append(f"{path}: non-positive GAIN, using 1.0")
-    rdnoise = _header_float(header, ("RDNOISE", "READNOIS", "RON"), 0.0, "read noise [e-]", path, notes)
-    zp = _header_float(header, ("ZP", "MAGZERO", "MAGZP", "ZEROPT"), zp_default, "zero point [mag for 1 e-/s]", path, notes)
+    rdnoise = _header_float(header, ("RDNOISE", "READNOIS", "RON"), 0.0 if rdnoise is None else float(rdnoise),
+                            "read noise [e-]", path, notes,
+                            hint=" e- (set frame.rdnoise=)" if rdnoise is None else " e- (from frame.rdnoise)")
+    zp_val = _header_float(header, ("ZP", "MAGZERO", "MAGZP", "ZEROPT"), float("nan") if zp is None else float(zp),
+                           "zero point [mag for 1 e-/s]", path, notes, warn=zp is not None,
+                           hint=" (from frame.zp)" if zp is not None else "")
+    if not np.isfinite(zp_val):
+        notes.append(f"{path}: no zero point (ZP); magnitudes need frame.zp=")
     mjd = mid_exposure_mjd(header, exptime, path, notes)
     saturate = _header_float(header, ("SATURATE", "SATLEVEL"), float("inf"), "saturation [ADU]", path, notes, warn=False)
     filt = str(header.get("FILTER", "unknown"))
 
-    data = data.astype(np.float32) * np.float32(gain)
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = data.astype(np.float32) * np.float32(gain)
     mask = np.zeros(data.shape, dtype=np.uint8) if mask_in is None else mask_in.astype(np.uint8).copy()
     if mask.shape != data.shape:
         notes.append(f"{path}: MASK shape {mask.shape} != image {data.shape}; ignored")
@@ -284,10 +317,21 @@ def read_frame(path: str | os.PathLike, hdu: int | str | None = None, zp_default
     bad = ~np.isfinite(data)
     if bad.any():
         notes.append(f"{path}: {int(bad.sum())} NaN/inf pixels masked")
-        mask[bad] |= MASK_BAD
-        data[bad] = 0.0
+    absurd = np.isfinite(data) & (np.abs(data) > ABSURD_E)
+    if absurd.any():
+        msg = (f"{path}: {int(absurd.sum())} pixels with absurd values (|value| > {ABSURD_E:g} e-, e.g. "
+               f"{float(data[absurd][0]):.3g}: fill values) masked")
+        notes.append(msg)
+        warnings.warn(msg, stacklevel=2)
+        bad |= absurd
     if bad.all():
-        raise FrameError(f"{path}: every pixel is NaN/inf")
+        raise FrameError(f"{path}: every pixel is NaN/inf or an absurd fill value")
+    mask[bad] |= MASK_BAD
+    data = np.where(bad, 0.0, data).astype(np.float32)
+    good = data[(mask & MASK_BAD) == 0]
+    if good.size and float(good.max()) == float(good.min()):
+        raise FrameError(f"{path}: every usable pixel has the same value ({float(good.min()):g}): an empty or "
+                         f"constant frame")
     sat_e = saturate * gain
     if np.isfinite(sat_e):
         mask[data >= sat_e] |= MASK_SATURATED
@@ -305,7 +349,7 @@ def read_frame(path: str | os.PathLike, hdu: int | str | None = None, zp_default
     for n in notes:
         log.debug(n)
     return Frame(
-        data=data, mask=mask, header=header, exptime=exptime, gain=gain, rdnoise=rdnoise, zp=zp, mjd=mjd,
+        data=data, mask=mask, header=header, exptime=exptime, gain=gain, rdnoise=rdnoise, zp=zp_val, mjd=mjd,
         filter=filt, wcs=wcs, path=path, saturate=sat_e, warnings=notes,
     )
 

@@ -73,8 +73,13 @@ class DetectionCounts(Metric):
         self.add_state("pull_values", default=[], dist_reduce_fx="cat")
 
     def update(self, dets: list[list[dict[str, np.ndarray]]], truth: dict[str, torch.Tensor], size: tuple[int, int]) -> None:
-        """``dets[k][b]``: catalogue of image b at threshold k (from :func:`decode`)."""
+        """``dets[k][b]``: catalogue of image b at threshold k (from :func:`decode`). With
+        ``truth["magrel_target_max"]`` (per image) only detections predicted brighter than it are counted
+        (the catalogue's target flag: a network that also detects the fainter, non-target stars is
+        evaluated on the stars it reports as targets)."""
         H, W = size
+        lim = truth.get("magrel_target_max")
+        lim = lim.cpu().numpy().reshape(-1) if lim is not None else None
         bd = self.border_px
         xy_all = truth["truth_xy"].cpu().numpy()
         valid = truth["truth_valid"].cpu().numpy()
@@ -87,6 +92,9 @@ class DetectionCounts(Metric):
             self.n_target += float((tg & inner_t).sum())
             for k in range(len(self.thresholds)):
                 d = dets[k][b]
+                if lim is not None:
+                    keep = d["magrel"] < lim[b]
+                    d = {n: v[keep] for n, v in d.items()}
                 inner_d = _inner(d["x"], d["y"], H, W, bd)
                 for r_i, r in enumerate(self.radii):
                     di, ti = greedy_match(np.c_[d["x"], d["y"]], xy, r)
@@ -272,7 +280,8 @@ class PNetModule(L.LightningModule):
 
     def targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         h = self.hparams
-        use = batch["truth_target"] & batch["truth_valid"]
+        # the heatmap learns every star the data marks detectable (faint ones too), evaluation stays on targets
+        use = batch.get("truth_detect", batch["truth_target"]) & batch["truth_valid"]
         w = None
         if h.mag_weight_alpha:
             # up-weight the rare bright stars (luminosity function slope 0.311 dex/mag)

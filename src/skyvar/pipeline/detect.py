@@ -43,6 +43,7 @@ class DetectPipeline:
         logger: Any = None,
         catalog_format: str = "ecsv",
         dask: dict | None = None,
+        frame: dict | None = None,
     ):
         self.detector = detector
         self.out_dir = Path(out_dir)
@@ -64,6 +65,8 @@ class DetectPipeline:
         if catalog_format not in CATALOG_FORMATS:
             raise ValueError(f"catalog_format={catalog_format!r}: choose one of {', '.join(CATALOG_FORMATS)}")
         self.catalog_format = catalog_format
+        # values for header keys a frame lacks (read_frame's exptime/zp/rdnoise/gain; the config's frame.*)
+        self.frame_kw = {k: v for k, v in dict(plain(frame) or {}).items() if v is not None}
 
     # ------------------------------------------------------------------ steps
     def _simulated_inputs(self) -> tuple[Path, Path]:
@@ -88,10 +91,11 @@ class DetectPipeline:
                 self.detector_config else self.detector
             with dask_client(self.dask) as client:
                 res = detect_files(spec, files, self.out_dir / "catalogs", self.config_hash, fmt=self.catalog_format,
-                                   resume=self.resume, progress=self.progress, client=client)
+                                   resume=self.resume, progress=self.progress, client=client, frame=self.frame_kw)
         else:
             res = detect_files(self.detector, files, self.out_dir / "catalogs", self.config_hash,
-                               fmt=self.catalog_format, resume=self.resume, progress=self.progress)
+                               fmt=self.catalog_format, resume=self.resume, progress=self.progress,
+                               frame=self.frame_kw)
         return res.catalogs, res.failures
 
     def run(self) -> dict:

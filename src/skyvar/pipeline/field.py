@@ -99,7 +99,8 @@ class FieldPipeline:
                  forced: dict | None = None, associate: dict | None = None, lightcurves: dict | None = None,
                  candidates: dict | None = None, evaluate: dict | None = None, simulate: dict | None = None,
                  device: str = "auto", resume: bool = True, progress: bool = True, logger: Any = None,
-                 plots: bool = True, catalog_format: str = "parquet", dask: dict | None = None):
+                 plots: bool = True, catalog_format: str = "parquet", dask: dict | None = None,
+                 frame: dict | None = None):
         if detector is None:
             raise ValueError("pipeline=field needs a detector (detector=sep|pnet|photutils_psf)")
         from skyvar.io.catalog import CATALOG_FORMATS
@@ -128,7 +129,9 @@ class FieldPipeline:
         self.lc_cfg = dict(plain(lightcurves) or {})
         self.cand_cfg = _merge("candidates", {"min_points": 50, "p_periodic_threshold": None, "n_plot": 12}, candidates)
         self.eval_cfg = _merge("evaluate", {"detection_frames": 10, "match_radii": [0.1, 1.0], "target_mag_max": 25.0,
-                                            "lc_match_radius": 1.0}, evaluate)
+                                            "lc_match_radius": 1.0, "oracle": True}, evaluate)
+        # values for header keys a frame lacks (read_frame's exptime/zp/rdnoise/gain; the config's frame.*)
+        self.frame_kw = {k: v for k, v in dict(plain(frame) or {}).items() if v is not None}
         self.sim_cfg = dict(plain(simulate) or {})
         self.device = device
         self.resume = bool(resume)
@@ -298,7 +301,7 @@ class FieldPipeline:
             if len(frames) >= n:
                 break
             try:
-                frames.append(read_frame(f))
+                frames.append(read_frame(f, **self.frame_kw))
             except FrameError as e:
                 log.error("reference: skipping %s: %s", f, e)
                 failures.append({"file": str(f), "step": "read", "error": str(e)})
@@ -321,7 +324,7 @@ class FieldPipeline:
         if self.client is not None:
             detector = DetectorSpec.of(spec if spec is not None else detector, extra_key=h)
         res = detect_files(detector, files, d / "catalogs", h, fmt=self.catalog_format,
-                           resume=self.resume, progress=self.progress, client=self.client)
+                           resume=self.resume, progress=self.progress, client=self.client, frame=self.frame_kw)
         if res.n_resumed:
             log.info("photometry: %d of %d frames already measured with this configuration", res.n_resumed, len(files))
         n_src = []
@@ -345,7 +348,8 @@ class FieldPipeline:
         k = max(1, int(self.eval_cfg["detection_frames"]))
         idx = np.unique(np.linspace(0, len(catalogs) - 1, min(k, len(catalogs))).round().astype(int))
         m = evaluate_detections([catalogs[i] for i in idx], truth, out_dir=d, match_radii=self.eval_cfg["match_radii"],
-                                target_mag_max=float(self.eval_cfg["target_mag_max"]), plots_enabled=self.plots)
+                                target_mag_max=float(self.eval_cfg["target_mag_max"]), plots_enabled=self.plots,
+                                oracle=self.eval_cfg["oracle"])
         keep = {q: m[q] for q in ("recall", "precision", "f1")}
         for r, s in m["by_radius"].items():
             keep[f"mean_abs_dm_r{r}"] = s["photometry"]["mean_abs_dm"]
