@@ -19,7 +19,6 @@ from skyvar.spectra.rv import (
     log_grid,
     prepare_arm,
     reference_indices,
-    resample_to_grid,
     shift_from_velocity,
     velocity_from_shift,
 )
@@ -156,22 +155,6 @@ def test_too_few_pixels_and_input_errors(star):
         RelativeRV(window=WINDOWS["B"]).measure(WAVE, fn, ivn, np.array([0, 0]))
     with pytest.raises(ValueError, match="interp"):
         RelativeRV(interp="cubic")
-
-
-def test_resample_to_grid():
-    w = np.linspace(6000, 6010, 11)
-    f = 2 * w
-    iv = np.full(11, 4.0)
-    m = np.zeros(11, bool)
-    m[7] = True
-    grid = np.array([5990.0, 6000.0, 6000.5, 6003.25, 6006.5, 6010.0, 6020.0])
-    fl, ivar = resample_to_grid([w], [f], [iv], grid, [m])
-    inside = (ivar[0] > 0)
-    assert list(inside) == [False, True, True, True, False, True, False]
-    # log-linear interpolation of a linear function is exact to ~1e-6 relative
-    np.testing.assert_allclose(fl[0, inside], 2 * grid[inside], rtol=1e-6)
-    # variance of (1-a) x0 + a x1 with a = 0.5: (0.25 + 0.25) / 4
-    assert ivar[0, 2] == pytest.approx(1 / 0.125, rel=1e-3)
 
 
 def test_reference_indices():

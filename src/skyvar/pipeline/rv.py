@@ -531,7 +531,8 @@ class RVPrecisionStudy:
     def _redrock_models(self) -> dict:
         from scipy.interpolate import CubicSpline
 
-        from skyvar.spectra.templates import broaden_to_resolution, load_redrock_template, resample_linear
+        from skyvar.spectra.resample import resample_linear
+        from skyvar.spectra.templates import broaden_to_resolution, load_redrock_template
 
         out = {}
         d = self.data_dir / "spectra" / "redrock"

@@ -163,13 +163,10 @@ def _library(redrock_dir: str, bosz_dir: str | None, resolution: float):
 
 def _shift_rows(spec: np.ndarray, shift_pix: np.ndarray) -> np.ndarray:
     """Rows of ``spec`` moved by ``shift_pix`` fine pixels (to the red for positive), linear interpolation."""
-    n = spec.shape[1]
-    pos = np.arange(n)[None, :] - shift_pix[:, None]
-    i0 = np.clip(np.floor(pos).astype(np.int64), 0, n - 2)
-    t = np.clip(pos - i0, 0.0, 1.0).astype(np.float32)
-    a = np.take_along_axis(spec, i0, axis=1)
-    b = np.take_along_axis(spec, i0 + 1, axis=1)
-    return a * (1 - t) + b * t
+    from skyvar.spectra.resample import resample_linear
+
+    g = np.arange(spec.shape[1], dtype=np.float64)
+    return resample_linear(g[None, :] - np.asarray(shift_pix, dtype=np.float64)[:, None], g, spec)
 
 
 def _bin_to_native(fine: np.ndarray) -> np.ndarray:

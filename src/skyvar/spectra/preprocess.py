@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from skyvar.spectra.io import SpectrumError
+from skyvar.spectra.resample import resample_linear
 from skyvar.spectra.spectrum import Spectrum
 
 # Vacuum wavelengths [Å]: [O I] 5577.3, [O I] 6300.3, [O I] 6363.8 (air values + ~1.6–1.8 Å).
@@ -95,36 +96,6 @@ def region_mask(wave, cfg: PreprocessConfig) -> np.ndarray:
     for line in cfg.sky_lines:
         bad |= np.abs(wave - line) <= cfg.sky_halfwidth
     return bad
-
-
-def interpolation_weights(x_new, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Left index, right weight and an inside-range flag for linear interpolation from ``x`` to ``x_new``."""
-    x_new = np.asarray(x_new, dtype=float)
-    idx = np.clip(np.searchsorted(x, x_new, side="right") - 1, 0, len(x) - 2)
-    t = (x_new - x[idx]) / (x[idx + 1] - x[idx])
-    inside = (x_new >= x[0]) & (x_new <= x[-1])
-    return idx, np.clip(t, 0.0, 1.0), inside
-
-
-def resample(wave_new, wave, flux, ivar, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear resampling of ``flux[..., n]`` (rows share ``wave``) with variance propagation.
-
-    ``var_new = (1-t)² var_a + t² var_b``; a new pixel is bad if it is outside ``wave`` or either
-    neighbour it uses (with non-zero weight) is bad.
-    """
-    idx, t, inside = interpolation_weights(wave_new, np.asarray(wave, dtype=float))
-    fa, fb = flux[..., idx], flux[..., idx + 1]
-    bad = mask | ~(ivar > 0)
-    ba = bad[..., idx] & (t < 1.0)
-    bb = bad[..., idx + 1] & (t > 0.0)
-    with np.errstate(divide="ignore"):
-        va = np.where(ivar[..., idx] > 0, 1.0 / np.where(ivar[..., idx] > 0, ivar[..., idx], 1.0), 0.0)
-        vb = np.where(ivar[..., idx + 1] > 0, 1.0 / np.where(ivar[..., idx + 1] > 0, ivar[..., idx + 1], 1.0), 0.0)
-    f = fa * (1 - t) + fb * t
-    v = va * (1 - t) ** 2 + vb * t**2
-    m = ba | bb | ~inside
-    iv = np.where(m | (v <= 0), 0.0, 1.0 / np.where(v > 0, v, 1.0))
-    return f, iv, m
 
 
 def smoothing_matrix(wave, L: float, truncate: float = 4.0):
@@ -214,7 +185,7 @@ class Preprocessor:
         mask = mask | ~finite | ~(ivar > 0)
         flux = np.where(finite, flux, 0.0)
         ivar = np.where(mask, 0.0, ivar)
-        f, iv, m = resample(self.wavelength, wave, flux, ivar, mask)
+        f, iv, m = resample_linear(self.wavelength, wave, flux, ivar, mask)
         covered = np.array([(self.wavelength >= wave[0]).mean(), (self.wavelength <= wave[-1]).mean()]).min()
         return self._finish(f, iv, m, covered=np.full(len(f), covered), names=names)
 
@@ -250,7 +221,7 @@ class Preprocessor:
             bad |= orm != 0
         flux = np.where(np.isfinite(flux), flux, 0.0)
         ivar = np.where(bad, 0.0, ivar)
-        f[idx], iv[idx], m[idx] = resample(self.wavelength, wave, flux, ivar, bad)
+        f[idx], iv[idx], m[idx] = resample_linear(self.wavelength, wave, flux, ivar, bad)
         covered[idx] = ((self.wavelength >= wave[0]) & (self.wavelength <= wave[-1])).mean()
 
     # ------------------------------------------------------------------ shared tail

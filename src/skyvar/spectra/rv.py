@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from skyvar.spectra.continuum import normalize
+from skyvar.spectra.resample import resample_linear
 from skyvar.spectra.spectrum import Spectrum
 from skyvar.utils.log import get_logger
 
@@ -94,57 +95,6 @@ def doppler_shift_wavelength(wave, v_kms):
     """Observed wavelength of rest wavelength ``wave`` for a source receding at ``v_kms`` (relativistic)."""
     b = np.asarray(v_kms, dtype=np.float64) / C_KMS
     return np.asarray(wave) * np.sqrt((1.0 + b) / (1.0 - b))
-
-
-# --------------------------------------------------------------------------------------- resampling
-def resample_to_grid(waves: Sequence[np.ndarray], fluxes: Sequence[np.ndarray], ivars: Sequence[np.ndarray],
-                     grid: np.ndarray, masks: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Linearly interpolate spectra (each on its own increasing grid) onto ``grid`` in log wavelength.
-
-    Variances propagate as (1-a)^2 var0 + a^2 var1 (the marginal variance of the interpolated value). A
-    grid pixel is bad (ivar 0) outside a spectrum's coverage or when a neighbour with non-zero weight is
-    bad. Returns ``(flux, ivar)`` of shape (N, len(grid)). Vectorised over spectra (padded batch).
-    """
-    n = len(waves)
-    G = len(grid)
-    if n == 0:
-        return np.zeros((0, G)), np.zeros((0, G))
-    lens = [len(w) for w in waves]
-    L = max(lens)
-    lw = np.full((n, L), np.inf)
-    fl = np.zeros((n, L))
-    va = np.full((n, L), np.inf)
-    for i, (w, f, iv) in enumerate(zip(waves, fluxes, ivars)):
-        k = len(w)
-        lw[i, :k] = np.log10(w)
-        bad = ~(np.isfinite(f) & np.isfinite(iv) & (iv > 0))
-        if masks is not None:
-            bad |= np.asarray(masks[i], dtype=bool)
-        fl[i, :k] = np.where(bad, 0.0, f)
-        with np.errstate(divide="ignore"):
-            va[i, :k] = np.where(bad, np.inf, 1.0 / np.where(bad, 1.0, iv))
-    lg = np.log10(np.asarray(grid, dtype=np.float64))
-    tw = torch.from_numpy(lw)
-    j = torch.searchsorted(tw, torch.from_numpy(lg).expand(n, G).contiguous(), right=True).numpy()
-    lens_a = np.asarray(lens)[:, None]
-    inside = (j >= 1) & (j <= lens_a - 1) | ((j == lens_a) & (lg[None, :] == lw[np.arange(n), lens_a[:, 0] - 1][:, None]))
-    j0 = np.clip(j - 1, 0, L - 1)
-    j1 = np.clip(j, 0, L - 1)
-    j1 = np.minimum(j1, lens_a - 1)
-    rows = np.arange(n)[:, None]
-    x0, x1 = lw[rows, j0], lw[rows, j1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        a = np.where(x1 > x0, (lg[None, :] - x0) / (x1 - x0), 0.0)
-    a = np.clip(np.nan_to_num(a), 0.0, 1.0)
-    f0, f1 = fl[rows, j0], fl[rows, j1]
-    v0, v1 = va[rows, j0], va[rows, j1]
-    bad = ~inside | (np.isinf(v0) & (a < 1.0)) | (np.isinf(v1) & (a > 0.0))
-    with np.errstate(invalid="ignore"):
-        flux = (1.0 - a) * f0 + a * f1
-        var = (1.0 - a) ** 2 * np.where(a < 1.0, v0, 0.0) + a**2 * np.where(a > 0.0, v1, 0.0)
-    flux = np.where(bad, 0.0, flux)
-    ivar = np.where(bad | ~(var > 0), 0.0, 1.0 / np.where(bad | ~(var > 0), 1.0, var))
-    return flux, ivar
 
 
 # --------------------------------------------------------------------------------------- likelihood
@@ -413,7 +363,7 @@ class RelativeRV:
         steps = np.diff(loglam)
         dloglam = float(np.mean(steps))
         if not np.allclose(steps, dloglam, rtol=1e-3, atol=0):
-            raise ValueError("RelativeRV.measure: wave must be uniform in log10 (use log_grid + resample_to_grid)")
+            raise ValueError("RelativeRV.measure: wave must be uniform in log10 (use log_grid + skyvar.spectra.resample.resample_linear)")
         flux = torch.as_tensor(np.asarray(flux), dtype=torch.float64)
         ivar = torch.as_tensor(np.asarray(ivar), dtype=torch.float64)
         ref_index = torch.as_tensor(np.asarray(ref_index), dtype=torch.long)
@@ -623,10 +573,12 @@ def prepare_arm(spectra: Sequence[Spectrum], arm: str, dloglam: float = DLOGLAM,
     """
     lo, hi = grid_range or GRID_RANGES[arm]
     wave = log_grid(lo, hi, dloglam)
-    fl, iv = resample_to_grid([s.wavelength for s in spectra], [s.flux for s in spectra],
-                              [s.ivar for s in spectra], wave, [s.mask for s in spectra])
     if len(spectra) == 0:
-        return wave, fl, iv
+        return wave, np.zeros((0, len(wave))), np.zeros((0, len(wave)))
+    # resampled in log10(λ): linear interpolation there is a constant-velocity weighting
+    fl, iv, bad = resample_linear(np.log10(wave), [np.log10(s.wavelength) for s in spectra],
+                                  [s.flux for s in spectra], [s.ivar for s in spectra], [s.mask for s in spectra])
+    fl, iv = np.where(bad, 0.0, fl), np.where(bad, 0.0, iv)
     fn, ivn, _, _ = normalize(wave, fl, iv, **(continuum or {}))
     return wave, fn, ivn
 

@@ -30,6 +30,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from skyvar.spectra.io import SpectrumReadError, open_fits
+from skyvar.spectra.resample import resample_linear
 
 C_KMS = 299792.458
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -184,14 +185,6 @@ def broaden_to_resolution(flux, dloglam: float, resolution: float, native_resolu
         return np.asarray(flux, dtype=float)
     sigma_loglam = np.sqrt(inv2) * FWHM_TO_SIGMA / np.log(10.0)  # Δλ/λ -> Δlog10 λ
     return gaussian_filter1d(np.asarray(flux, dtype=float), sigma_loglam / dloglam, axis=-1, mode="nearest")
-
-
-def resample_linear(x_new, x, y) -> np.ndarray:
-    """Linear interpolation of each row of ``y[..., n]`` from ``x`` to ``x_new`` (shared abscissae)."""
-    idx = np.clip(np.searchsorted(x, x_new) - 1, 0, len(x) - 2)
-    t = (x_new - x[idx]) / (x[idx + 1] - x[idx])
-    t = np.clip(t, 0.0, 1.0)
-    return y[..., idx] * (1 - t) + y[..., idx + 1] * t
 
 
 @dataclasses.dataclass
