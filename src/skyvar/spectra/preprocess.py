@@ -51,7 +51,8 @@ class PreprocessConfig:
     smooth_L: float = 50.0  # Å; w = exp(-Δλ²/L²) (Ho et al. 2017: 50 Å; literal Jing et al.: 350 Å)
     smooth_truncate: float = 4.0  # kernel set to 0 beyond truncate * L
     max_masked_fraction: float = 0.2  # reject above this fraction of bad grid pixels
-    # [lo, hi] Å vacuum: LAMOST dichroic overlap (blue arm ends, red arm starts) and telluric O2 A band.
+    # [lo, hi] Å vacuum: LAMOST dichroic overlap (blue arm ends, red arm starts) and telluric O2 A band;
+    # conf/data/lamost_lrs.yaml adds the O2 B and H2O bands (LAMOST LRS spectra are not telluric-corrected).
     mask_ranges: list = dataclasses.field(default_factory=lambda: [[5750.0, 6000.0], [7580.0, 7700.0]])
     sky_lines: list = dataclasses.field(default_factory=lambda: list(SKY_LINES_VACUUM))
     sky_halfwidth: float = 6.0  # Å
@@ -231,7 +232,10 @@ class Preprocessor:
         m = m | self.region_bad[None, :]
         iv = np.where(m, 0.0, iv)
         failures = []
-        frac_bad = m.mean(axis=1)
+        # masked fraction among the pixels the fixed regions leave (so that adding telluric/sky regions to
+        # mask_ranges does not reject spectra); with the default regions this differs little from m.mean()
+        free = ~self.region_bad
+        frac_bad = (m[:, free]).mean(axis=1) if free.any() else m.mean(axis=1)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-masked rows give NaN medians
             med = np.nanmedian(np.where(m, np.nan, f), axis=1)
@@ -262,7 +266,7 @@ class Preprocessor:
                 nivar = np.where(m, 0.0, iv * cont.astype(np.float64) ** 2)
             norm = np.clip(norm, *cfg.clip)
             # A continuum failing over much of the grid (e.g. mostly negative flux) is a rejection too.
-            frac_bad = m.mean(axis=1)
+            frac_bad = (m[:, free]).mean(axis=1) if free.any() else m.mean(axis=1)
             late = frac_bad > cfg.max_masked_fraction
             for j in np.flatnonzero(late):
                 failures.append({"index": int(idx[j]), "stage": "preprocess", "error":
