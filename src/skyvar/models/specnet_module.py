@@ -5,7 +5,8 @@ The network is described by plain keyword arguments (``net``) and the preprocess
 inputs (``preprocess``, keys of :class:`skyvar.spectra.preprocess.PreprocessConfig`) is saved with the
 hyper-parameters, so ``SpecNetModule.load_from_checkpoint(path)`` rebuilds both without Hydra.
 ``temperature`` (a buffer, 1 until :func:`fit_temperature` sets it) divides the logits for calibrated
-probabilities (Guo et al. 2017, temperature scaling).
+probabilities (Guo et al. 2017, temperature scaling). The network's input channels default to the
+preprocessing's (1: normalised flux; 2 with ``preprocess.continuum_channel``: plus the log-continuum).
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ class SpecNetModule(L.LightningModule):
         net = OmegaConf.to_container(net, resolve=True) if OmegaConf.is_config(net) else net
         preprocess = OmegaConf.to_container(preprocess, resolve=True) if OmegaConf.is_config(preprocess) else preprocess
         self.save_hyperparameters()
-        self.net = SpecNet(**dict(net or {}))
+        net_kw = dict(net or {})
+        # the input channels follow the preprocessing that made the inputs (flux, + log-continuum)
+        net_kw.setdefault("in_channels", 1 + int(bool((preprocess or {}).get("continuum_channel", False))))
+        self.net = SpecNet(**net_kw)
         self.register_buffer("temperature", torch.tensor(1.0))
         self.metrics = torch.nn.ModuleDict({
             stage: torchmetrics.MetricCollection({

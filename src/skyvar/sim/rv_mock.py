@@ -375,3 +375,41 @@ def main(overrides: list[str]) -> int:
     write_table_atomic(stars, out / "stars.ecsv")
     log.info("rv_mock: %d stars x %d exposures -> %s", len(stars), cfg.n_exposures, out / "rv.ecsv")
     return 0
+
+
+# ----------------------------------------------------------------------------- real spectra, shifted
+def shift_and_degrade(spectrum, v_kms: float, snr: float | None, rng: np.random.Generator):
+    """A copy of a real spectrum Doppler-shifted by ``v_kms`` [km/s] and, if ``snr`` is given and below the
+    spectrum's own, degraded with Gaussian noise to a per-pixel S/N of ``snr`` at the median flux.
+
+    The flux is re-sampled with a cubic spline in log λ through the good pixels (the MRS line spread
+    function spans ~6 pixels, so the spline is accurate to well below the noise); the inverse variance is
+    moved with the same shift and, after degradation, 1 / (1/ivar + sigma_added²). ``meta['snr']`` becomes
+    ``snr``; ``meta['v_injected']`` records the shift. For injection tests of the relative-RV errors.
+    """
+    from scipy.interpolate import CubicSpline
+
+    from skyvar.spectra.resample import resample_linear
+    from skyvar.spectra.rv import C_KMS
+    from skyvar.spectra.spectrum import Spectrum
+
+    b = v_kms / C_KMS
+    D = np.sqrt((1 + b) / (1 - b))
+    ll = np.log10(spectrum.wavelength)
+    good = spectrum.good
+    cs = CubicSpline(ll[good], spectrum.flux[good])
+    src = ll - np.log10(D)  # the shifted spectrum at λ shows the original at λ / D
+    flux = cs(src)
+    _, ivar, bad = resample_linear(src, ll, spectrum.flux, spectrum.ivar, spectrum.mask)
+    bad = bad | (src < ll[good][0]) | (src > ll[good][-1])
+    meta = dict(spectrum.meta)
+    meta["v_injected"] = float(v_kms)
+    if snr is not None:
+        med = float(np.median(flux[~bad]))
+        sig_t = med / snr
+        add = np.sqrt(np.clip(sig_t**2 - 1.0 / np.where(ivar > 0, ivar, np.inf), 0.0, None))
+        flux = flux + add * rng.standard_normal(len(flux))
+        ivar = np.where(bad, 0.0, 1.0 / (1.0 / np.where(ivar > 0, ivar, 1.0) + add**2))
+        meta["snr"] = float(snr)
+    return Spectrum(wavelength=spectrum.wavelength.copy(), flux=flux, ivar=np.where(bad, 0.0, ivar), mask=bad,
+                    vacuum=spectrum.vacuum, meta=meta)

@@ -60,6 +60,9 @@ class PreprocessConfig:
     fill_value: float = 1.0
     clip: tuple = (0.0, 2.0)
     to_vacuum: bool = True
+    # Also return log10(continuum / its median) (the smooth spectral shape the normalisation divides out) as a
+    # second model input: the colour of a composite of two temperatures is not that of its line spectrum.
+    continuum_channel: bool = False
 
 
 def air_to_vacuum(wave_air) -> np.ndarray:
@@ -140,9 +143,42 @@ class PreprocessedBatch:
     mask: np.ndarray  # (n, npix) bool, True = bad
     index: np.ndarray  # (n,) index of each kept spectrum in the input sequence
     failures: list  # [{"index", "stage": "preprocess", "error"}] for rejected inputs
+    logcont: np.ndarray | None = None  # (n, npix) float32 log10(continuum / median), 0 where undefined
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def to_specutils(self):
+        """The batch as one ``specutils.Spectrum`` with 2-D flux (n, npix): normalised (dimensionless) flux on
+        the model's vacuum Å grid, ``InverseVariance`` uncertainty, mask True = bad. Needs specutils."""
+        try:
+            import specutils
+            from astropy import units as u
+            from astropy.nddata import InverseVariance
+        except ImportError as e:  # pragma: no cover
+            raise ImportError("PreprocessedBatch.to_specutils() needs specutils: pip install specutils") from e
+        cls = getattr(specutils, "Spectrum", None) or specutils.Spectrum1D
+        return cls(spectral_axis=np.asarray(self.wavelength, float) * u.AA,
+                   flux=np.asarray(self.flux, float) * u.dimensionless_unscaled,
+                   uncertainty=InverseVariance(np.asarray(self.ivar, float)), mask=np.asarray(self.mask, bool),
+                   meta={"index": self.index.tolist(), "vacuum": True, "normalised": True})
+
+    def model_input(self) -> np.ndarray:
+        """(n, channels, npix) float32 network input: normalised flux - 1 (0 at masked pixels), then the
+        log-continuum when it was computed (``continuum_channel``)."""
+        x = (self.flux - 1.0)[:, None, :]
+        if self.logcont is not None:
+            x = np.concatenate([x, self.logcont[:, None, :]], axis=1)
+        return x.astype(np.float32)
+
+
+def preprocess(spectra, config: PreprocessConfig | dict | None = None, device: str = "cpu",
+               names=None) -> PreprocessedBatch:
+    """Prepare spectra for the binary-star CNN: masks, resampling onto the log-λ grid [Å, vacuum] and the
+    Ho et al. (2017) normalisation (see the module docstring); rejected spectra are listed in
+    ``failures`` with the reason. The entry point of the public API (``skyvar.spectra.preprocess``);
+    for many batches build one :class:`Preprocessor` and call it (its smoothing kernel is reused)."""
+    return Preprocessor(config, device=device)(list(spectra), names=names)
 
 
 class Preprocessor:
@@ -265,6 +301,13 @@ class Preprocessor:
                 norm = np.where(m, cfg.fill_value, f / np.where(cont > 0, cont, 1.0))
                 nivar = np.where(m, 0.0, iv * cont.astype(np.float64) ** 2)
             norm = np.clip(norm, *cfg.clip)
+            logcont = None
+            if cfg.continuum_channel:
+                with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    lc = np.log10(np.where(cont > 0, cont, np.nan))
+                    lc = lc - np.nanmedian(np.where(m, np.nan, lc), axis=1, keepdims=True)
+                logcont = np.where(np.isfinite(lc), lc, 0.0).astype(np.float32)
             # A continuum failing over much of the grid (e.g. mostly negative flux) is a rejection too.
             frac_bad = (m[:, free]).mean(axis=1) if free.any() else m.mean(axis=1)
             late = frac_bad > cfg.max_masked_fraction
@@ -274,9 +317,13 @@ class Preprocessor:
                                  f"normalisation (non-positive smoothed flux)"})
             ok = ~late
             idx, norm, nivar, m = idx[ok], norm[ok], nivar[ok], m[ok]
+            if logcont is not None:
+                logcont = logcont[ok]
         else:
             norm = np.zeros((0, self.npix))
             nivar = np.zeros((0, self.npix))
+            logcont = np.zeros((0, self.npix), np.float32) if cfg.continuum_channel else None
         failures.sort(key=lambda d: d["index"])
         return PreprocessedBatch(wavelength=self.wavelength, flux=norm.astype(np.float32),
-                                 ivar=nivar.astype(np.float32), mask=m.astype(bool), index=idx, failures=failures)
+                                 ivar=nivar.astype(np.float32), mask=m.astype(bool), index=idx, failures=failures,
+                                 logcont=logcont)

@@ -66,11 +66,14 @@ WINDOWS = {"R": (6400.0, 6700.0), "B": (5000.0, 5300.0)}  # paper §4, Å
 GRID_RANGES = {"R": (6300.0, 6840.0), "B": (4900.0, 5370.0)}  # common-grid coverage per arm, Å
 BIG_VAR = 1e8  # variance given to masked pixels (normalised flux units)
 
-FLAG_EDGE = 1  # coarse peak at the edge of +-v_max
-FLAG_FIT = 2  # Gaussian fit failed (no peak); rv is the grid maximum, rv_err NaN
+FLAG_EDGE = 1  # coarse peak at the edge of +-v_max; rv NaN (no velocity)
+FLAG_FIT = 2  # Gaussian fit failed (no peak); rv and rv_err NaN
 FLAG_BROAD = 4  # likelihood wider than the fit grid allows; rv_err is a lower limit
 FLAG_FEW_PIXELS = 8  # too few usable pixels in the window; rv NaN
 FLAG_REFERENCE = 16  # the star's reference spectrum compared with itself (rv = 0 by construction)
+FLAG_WEAK_PEAK = 32  # likelihood peak not significant (ln p above the best value away from it < min_peak_dlnp); rv NaN
+FLAG_LOW_SNR = 64  # exposure S/N below the pipeline's min_snr (paper: 5); not measured, rv NaN
+NO_VELOCITY = FLAG_EDGE | FLAG_FIT | FLAG_FEW_PIXELS | FLAG_WEAK_PEAK | FLAG_LOW_SNR
 
 
 def log_grid(wmin: float, wmax: float, dloglam: float = DLOGLAM) -> np.ndarray:
@@ -216,6 +219,7 @@ class RVResult:
     chi2_red: np.ndarray  # chi-square per usable pixel at the best velocity
     n_pix: np.ndarray  # usable pixels in the window (good in both spectra)
     flag: np.ndarray  # bit mask FLAG_*
+    peak_dlnp: np.ndarray | None = None  # ln p of the peak minus the best ln p away from it (coarse grid)
 
 
 class RelativeRV:
@@ -226,17 +230,28 @@ class RelativeRV:
     ``max_levels`` of refinement; ``lowpass`` optional low-pass of both spectra [cycles/pixel] (not in the
     paper; see :func:`lowpass_filter`); ``interp`` 'fft' or 'linear'; ``norm_term`` keep the -0.5 ln(s_t^2 + s_ref^2) term
     of eq. 3; ``device`` 'cpu', 'cuda' or 'auto'; ``dtype`` of the large tensors; ``chunk_elements`` the
-    largest (pairs x velocities x pixels) tensor built at once; ``min_pixels`` usable pixels needed.
+    largest (pairs x velocities x pixels) tensor built at once; ``min_pixels`` usable pixels needed;
+    ``min_peak_dlnp``: the likelihood peak must stand this far (in ln p, on the coarse grid) above the best
+    value more than max(5 px, 4 sigma) away from it, else no velocity is given (12.5 = Δχ² 25, "5 sigma";
+    noise-only spectra and spectra locked onto sky residuals fail it); ``err_scale`` multiplies the
+    Gaussian-fit width (1: the paper's definition; the pipeline uses 1.4 with ``lowpass=0.2``, the
+    calibration of injections into real MRS exposures, docs/results/radial_velocities.md).
+
+    No velocity (rv NaN, flag set) for a peak at the edge of the search range, a failed fit, too few
+    pixels or an insignificant peak (``NO_VELOCITY`` bits).
     """
 
     def __init__(self, window: Sequence[float] = WINDOWS["R"], v_max: float = 500.0, refine_halfwidth: float = 1.5,
                  n_refine: int = 9, n_fit: int = 11, fit_nsigma: float = 4.0, max_levels: int = 8,
                  interp: str = "fft", norm_term: bool = True, device: str = "cpu", dtype: str = "float32",
                  chunk_elements: int = 2**24, min_pixels: int = 100, max_sigma_px: float = 6.0,
-                 coarse: str = "fft", lowpass: float | None = None):
+                 coarse: str = "fft", lowpass: float | None = None, min_peak_dlnp: float = 12.5,
+                 err_scale: float = 1.0):
         if lowpass is not None and not 0 < lowpass < 0.5:
             raise ValueError(f"lowpass must be a frequency in (0, 0.5) cycles per pixel or None, got {lowpass}")
         self.lowpass = lowpass
+        self.min_peak_dlnp = float(min_peak_dlnp)
+        self.err_scale = float(err_scale)
         if coarse not in ("fft", "direct"):
             raise ValueError(f"coarse must be 'fft' or 'direct', got {coarse!r}")
         self.coarse = coarse
@@ -395,6 +410,7 @@ class RelativeRV:
         out = {k: np.full(N, np.nan) for k in ("rv", "rv_err", "lnp_max", "chi2_red")}
         out["n_pix"] = np.zeros(N, dtype=np.int64)
         out["flag"] = np.zeros(N, dtype=np.int64)
+        out["peak_dlnp"] = np.full(N, np.nan)
         V_max = max(2 * K + 1 if self.coarse == "direct" else 1, self.n_refine, self.n_fit)
         L_max = max(P, _next_odd_smooth(P + 2 * self.margin))
         chunk = max(1, self.chunk_elements // (V_max * L_max))
@@ -412,14 +428,18 @@ class RelativeRV:
                 ruse = good[refs, p0:p1].to(dev)
                 res = self._measure_chunk(t, tv, bad_cs, r, rvar, ruse, p0, P, K, dloglam)
                 sl = slice(s, s + len(rows))
-                for k in ("rv", "rv_err", "lnp_max", "chi2_red", "flag", "n_pix"):
+                for k in ("rv", "rv_err", "lnp_max", "chi2_red", "flag", "n_pix", "peak_dlnp"):
                     out[k][sl] = res[k]
         few = out["n_pix"] < self.min_pixels
         out["flag"][few] |= FLAG_FEW_PIXELS
-        out["rv"][few] = np.nan
-        out["rv_err"][few] = np.nan
         self_ref = (ref_index.numpy() == np.arange(N))
         out["flag"][self_ref] |= FLAG_REFERENCE
+        weak = ~self_ref & ~(out["peak_dlnp"] >= self.min_peak_dlnp)
+        out["flag"][weak] |= FLAG_WEAK_PEAK
+        out["rv_err"] *= self.err_scale
+        none = (out["flag"] & NO_VELOCITY) != 0
+        out["rv"][none] = np.nan
+        out["rv_err"][none] = np.nan
         return RVResult(**out)
 
     def _stage(self, t, tv, bad_cs, r, rvar, ruse3, base, delta, P):
@@ -548,6 +568,13 @@ class RelativeRV:
         mu, sig, ok, base = self._zoom(t, tv, bad_cs, r, rvar, ruse3, base, P)
         broad = ok & (sig > self.max_sigma_px)
         flag |= torch.where(~ok, FLAG_FIT, 0) | torch.where(broad, FLAG_BROAD, 0)
+        # significance: the coarse peak against the best coarse value away from it
+        k_ar = torch.arange(lnp_c.shape[1], device=dev)
+        sig_c = torch.where(torch.isfinite(sig), sig, torch.full_like(sig, 0.0))
+        w_ex = torch.clamp(torch.ceil(4 * sig_c), min=5).to(torch.long)
+        away = (k_ar[None, :] - kbest[:, None]).abs() > w_ex[:, None]
+        second = torch.where(away, lnp_c.to(torch.float64), torch.full_like(lnp_c, -float("inf"), dtype=torch.float64))
+        peak_dlnp = lnp_c.to(torch.float64).gather(1, kbest[:, None])[:, 0] - second.max(1).values
         # diagnostics at the fitted mean
         lnp_b, f, fv, use = self._stage(t, tv, bad_cs, r, rvar, ruse3, base, mu[:, None], P)
         lnp_best = lnp_b[:, 0]
@@ -561,7 +588,7 @@ class RelativeRV:
         err = np.where(ok.cpu().numpy(), err, np.nan)
         return {"rv": rv, "rv_err": err, "lnp_max": lnp_full.cpu().numpy(),
                 "chi2_red": (chi2 / npix.clamp(min=1)).cpu().numpy(), "flag": flag.cpu().numpy(),
-                "n_pix": npix.cpu().numpy()}
+                "n_pix": npix.cpu().numpy(), "peak_dlnp": peak_dlnp.cpu().numpy()}
 
 
 # --------------------------------------------------------------------------------------- spectra -> rv
@@ -600,3 +627,21 @@ def reference_indices(groups: Sequence, snr: Sequence[float]) -> np.ndarray:
 
 def _gauss_fit_for_tests(x, lnp):
     return RelativeRV._gauss_fit(x, lnp)
+
+
+def relative_velocities(spectra: Sequence[Spectrum], arm: str | None = None, group_key: str = "source",
+                        continuum: dict | None = None, **rv_kwargs) -> tuple[RVResult, np.ndarray]:
+    """Relative velocities [km/s] of spectra of one MRS arm, each against the highest-SNR spectrum of its
+    group (``meta[group_key]``, a star; ``meta['snr']`` chooses the reference).
+
+    ``arm`` 'R' or 'B' (default: ``meta['arm']`` of the first spectrum) picks the window of the paper
+    (6400–6700 / 5000–5300 Å, vacuum); other keyword arguments go to :class:`RelativeRV`. Returns the
+    :class:`RVResult` (rv, rv_err [km/s], flags …) and the index of every spectrum's reference.
+    """
+    spectra = list(spectra)
+    arm = (arm or spectra[0].meta.get("arm", "R")).upper()[:1]
+    wave, fl, iv = prepare_arm(spectra, arm, continuum=continuum)
+    ref = reference_indices([s.meta.get(group_key, "star") for s in spectra],
+                            [s.meta.get("snr", np.nan) for s in spectra])
+    rv_kwargs.setdefault("window", WINDOWS[arm])
+    return RelativeRV(**rv_kwargs).measure(wave, fl, iv, ref), ref
