@@ -205,7 +205,7 @@ class BinarySpectraPipeline:
                 return None, {"file": str(f), "stage": "read", "error": f"{type(e).__name__}: {e}"}
 
         chunks = [todo[i:i + self.chunk_size] for i in range(0, len(todo), self.chunk_size)]
-        k0 = len(list(parts.glob("part-*.json")))
+        k0 = 1 + max((int(p.stem.split("-")[1]) for p in parts.glob("part-*.json")), default=-1)
         n_done = 0
         with ThreadPoolExecutor(self.read_workers) as pool:
             pending = pool.map(read_one, chunks[0]) if chunks else None

@@ -355,6 +355,11 @@ class RVPipeline:
                   "file", "extname"):
             if c in t.colnames:
                 t[c] = [str(v) for v in t[c]]
+        for c in t.colnames:  # FITS parts come back masked where NaN: keep plain NaN (no velocity)
+            if hasattr(t[c], "filled") and t[c].dtype.kind == "f":
+                unit = t[c].unit
+                t[c] = np.asarray(t[c].filled(np.nan))
+                t[c].unit = unit
         return t, flagged, failures, info
 
     # ------------------------------------------------------------------ calibration
