@@ -714,7 +714,9 @@ class RVPrecisionStudy:
 
         self.out_dir = Path(out_dir)
         root = Path(os.environ.get("SKYVAR_ROOT", "."))
-        self.data_dir = Path(data_dir) if data_dir else root.parent / "shared" / "data"
+        # None: the templates shipped with skyvar (skyvar.spectra.resources); a directory: the full files
+        self.data_dir = Path(data_dir) if data_dir else None
+        del root
         self.snr = [float(s) for s in snr]
         self.n_mc = int(n_mc)
         self.v_range = float(v_range)
@@ -734,6 +736,8 @@ class RVPrecisionStudy:
     def _redrock_models(self) -> dict:
         from scipy.interpolate import CubicSpline
 
+        if self.data_dir is None:
+            return self._redrock_models_packaged()
         from skyvar.spectra.resample import resample_linear
         from skyvar.spectra.templates import broaden_to_resolution, load_redrock_template
 
@@ -760,10 +764,46 @@ class RVPrecisionStudy:
             out[f"redrock-{st}"] = lambda wave, cs=cs: cs(np.log10(wave))
         return out
 
+    def _redrock_models_packaged(self) -> dict:
+        """The per-class archetypes shipped with skyvar (native resolution, 1e-5 dex over both arms)."""
+        from scipy.interpolate import CubicSpline
+
+        from skyvar.spectra import resources
+        from skyvar.spectra.templates import broaden_to_resolution
+
+        z = resources.rv_templates()
+        out = {}
+        for st in self.types:
+            if f"redrock_{st}_R" not in z:
+                log.warning("no packaged redrock template for class %s; skipped", st)
+                continue
+            splines = {}
+            for arm in ("B", "R"):
+                ll = z[f"loglam_{arm}"]
+                f = broaden_to_resolution(z[f"redrock_{st}_{arm}"].astype(float), resources.RV_DLOGLAM,
+                                          self.resolution, native_resolution=self.native_resolution)
+                splines[arm] = CubicSpline(ll, f)
+            out[f"redrock-{st}"] = lambda wave, sp=splines: _arm_dispatch(
+                {a: (lambda w, c=c: c(np.log10(w))) for a, c in sp.items()}, wave)
+        return out
+
     def _mrs_model(self) -> dict:
         from skyvar.sim.rv_mock import band_limited_model
         from skyvar.spectra.mrs import read_mrs
 
+        if self.data_dir is None:
+            from skyvar.spectra import resources
+
+            z = resources.rv_templates()
+            models = {}
+            for arm in ("B", "R"):
+                ll = z[f"mrs_loglam_{arm}"].astype(np.float64)
+                step = np.round(np.median(np.diff(ll)), 8)
+                ll0 = ll[0] + np.median(ll - ll[0] - step * np.arange(len(ll)))
+                wave = 10 ** (ll0 + step * np.arange(len(ll)))
+                models[arm] = band_limited_model(wave, z[f"mrs_flux_{arm}"].astype(float), good=z[f"mrs_good_{arm}"],
+                                                 max_freq=0.25)
+            return {"MRS-real": lambda wave, m=models: _arm_dispatch(m, wave)}
         f = self.data_dir / "spectra" / "lamost_mrs" / "med-58408-TD230151N343645T01_sp01-015.fits"
         if not f.exists():
             log.warning("real MRS file %s not found; skipped", f)
@@ -783,6 +823,16 @@ class RVPrecisionStudy:
         from skyvar.sim.rv_mock import band_limited_model
         from skyvar.spectra.io import open_fits
 
+        if self.data_dir is None:
+            from skyvar.spectra import resources
+
+            z = resources.rv_templates()
+            w = z["bosz_5750_wave"]
+            f5750 = z["bosz_5750_norm"].astype(float)
+            f6750 = np.interp(w, z["bosz_6750_wave"], z["bosz_6750_norm"].astype(float))
+            curves = {"5750 K": f5750, "6250 K": 0.5 * (f5750 + f6750), "6750 K": f6750}
+            shape = (w / 5500.0) ** -2
+            return {k: band_limited_model(w, v * shape) for k, v in curves.items()}
         d = self.data_dir / "spectra" / "bosz"
         names = {5750: "amm03cp00op03t5750g40v20modrt0b2000rs.fits", 6750: "amm03cp00op03t6750g40v20modrt0b2000rs.fits"}
         norm = {}
