@@ -170,3 +170,22 @@ def test_streaming_chunks_and_resume(cross_plan, tmp_path):
     assert parts[0].stat().st_mtime_ns == mtime and s1["n_velocities"] == s2["n_velocities"]
     t = Table.read(out / "rv.ecsv")
     assert len(set(t["ref_exposure"][t["arm"] == "R"])) == 1
+
+
+def test_injection_study_command(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from tests.conftest import ROOT
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("infer", overrides=["pipeline=rv_injection", f"input={shared_data(*MRS)}", f"out_dir={tmp_path}",
+                                          "device=cpu", "pipeline.snr=[5,20]", "pipeline.n_per=2", "pipeline.arms=[B]"])
+    instantiate(cfg.pipeline, _convert_="partial").run()
+    t = Table.read(tmp_path / "injections.ecsv")
+    assert len(t) == 4 and set(t["setting"]) == {"paper (no low-pass, fit sigma)", "pipeline (lowpass 0.2, err_scale 1.4)"}
+    for s in set(t["setting"]):
+        e = t[t["setting"] == s]
+        assert e["median_err"][0] > e["median_err"][1]  # S/N 5 quotes a larger error than S/N 20
