@@ -1,24 +1,8 @@
-"""Run a pipeline: ``python infer.py pipeline=<detect|lightcurves|...> input=... out_dir=...``.
+"""Run a pipeline from a checkout: ``python infer.py pipeline=<detect|field|lightcurves|...> ...``
+(the same program as ``skyvar infer``; with no arguments it simulates a CSST-like dense field and runs
+detection and evaluation on it)."""
 
-With no arguments it simulates a CSST-like dense field and runs detection and evaluation on it.
-"""
-
-import os
-from pathlib import Path
-
-os.environ.setdefault("SKYVAR_ROOT", str(Path(__file__).resolve().parent))
-os.environ.setdefault("WANDB_MODE", "offline")
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="infer")
-def main(cfg: DictConfig) -> None:
-    from skyvar.inference import run_inference
-
-    run_inference(cfg)
-
+from skyvar.cli import infer_main
 
 if __name__ == "__main__":
-    main()
+    infer_main(prog="infer.py")

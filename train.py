@@ -1,22 +1,7 @@
-"""Train a model: ``python train.py model=<name> [data=...] [trainer=gpu|ddp] [logger=...]``."""
+"""Train a model from a checkout: ``python train.py model=<name> [data=...] [trainer=gpu|ddp] [experiment=...]``
+(the same program as ``skyvar train``)."""
 
-import os
-from pathlib import Path
-
-os.environ.setdefault("SKYVAR_ROOT", str(Path(__file__).resolve().parent))
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    from skyvar.training import run_training
-
-    metrics = run_training(cfg)
-    key = cfg.get("optimized_metric")
-    return metrics.get(key) if key else None
-
+from skyvar.cli import train_main
 
 if __name__ == "__main__":
-    main()
+    train_main(prog="train.py")

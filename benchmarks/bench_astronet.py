@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000, help="light curves (target 100,000)")
     ap.add_argument("--peer-n", type=int, default=30, help="light curves for the astropy BLS peer")
-    ap.add_argument("--checkpoint", default="models/astronet-csst/astronet.pt")
+    ap.add_argument("--checkpoint", default="astronet-csst")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--workdir", default=None)

@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     try:
         from skyvar.detect.pnet import PNetDetector
 
-        ck = ROOT / "models" / "pnet-csst" / "pnet.pt"
+        ck = ROOT / "src" / "skyvar" / "models" / "released" / "pnet-csst" / "pnet.pt"
         if ck.exists():
             pn = PNetDetector(checkpoint=str(ck))
             pn.detect(frames[0])  # warm-up (model load)

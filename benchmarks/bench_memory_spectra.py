@@ -45,7 +45,8 @@ args = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 if args["pipeline"] == "binary":
     from skyvar.pipeline.binary_spectra import BinarySpectraPipeline
-    s = BinarySpectraPipeline(model=args["model"], input=args["input"], out_dir=args["out"], device="cpu",
+    from skyvar.models.registry import checkpoint_path
+    s = BinarySpectraPipeline(model=str(checkpoint_path(args["model"])), input=args["input"], out_dir=args["out"], device="cpu",
                               chunk_size=args["chunk"], read_workers=args["workers"], resume=False).run()
     n = s["n_spectra"]
 else:
@@ -135,7 +136,7 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=None, help="chunk size (default: the pipeline's)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--model", default=str(ROOT / "models/specnet-lamost/specnet.ckpt"))
+    ap.add_argument("--model", default="specnet-lamost", help="a release name or a checkpoint file")
     ap.add_argument("--workdir", default=str(ROOT / "datasets" / "bench_memory"))
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()

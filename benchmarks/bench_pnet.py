@@ -151,7 +151,7 @@ def ceiling_rows(size: int = 1024, seed: int = 3) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--checkpoint", default=str(ROOT / DEFAULT_CHECKPOINT))
+    ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     ap.add_argument("--frame", default=None, help="an existing FITS frame instead of simulating one")
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--skip-training", action="store_true")

@@ -55,7 +55,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000, help="spectra for the preprocessing/inference timings")
     ap.add_argument("--copies", type=int, default=10, help="copies of the 11 real files for the end-to-end timing")
-    ap.add_argument("--checkpoint", default=str(ROOT / "models/specnet-lamost/specnet.ckpt"))
+    ap.add_argument("--checkpoint", default=str(ROOT / "src/skyvar/models/released/specnet-lamost/specnet.ckpt"))
     ap.add_argument("--real-dir", default=str(ROOT.parent / "shared/data/spectra/lamost_lrs"),
                     help="real LAMOST files (default ../shared; without it the packaged example file is used)")
     args = ap.parse_args()

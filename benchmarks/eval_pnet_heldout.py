@@ -119,7 +119,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "results" / "pnet"))
     ap.add_argument("--data", default=str(ROOT / "datasets" / "heldout"))
-    ap.add_argument("--checkpoint", default=str(ROOT / DEFAULT_CHECKPOINT))
+    ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     ap.add_argument("--frames", nargs="+", default=list(FRAMES))
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--threshold", type=float, default=None,

@@ -58,5 +58,6 @@ def run_cli(args, **kw):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")])
     env.setdefault("WANDB_MODE", "disabled")
+    env.update(kw.pop("env_extra", None) or {})
     cmd = [sys.executable, *args] if args and not str(args[0]).endswith("python") else list(args)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=kw.pop("cwd", ROOT), **kw)

@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "src" / "skyvar" / "conf"
 TRAIN_GROUPS = ["trainer", "logger", "callbacks", "model", "data", "experiment"]
 INFER_GROUPS = ["pipeline", "detector", "infer_experiment"]
 

@@ -1,4 +1,4 @@
-"""Inference driver used by ``infer.py``: instantiate the configured pipeline and run it."""
+"""Inference driver used by ``skyvar infer`` / ``infer.py``: instantiate the configured pipeline and run it."""
 
 from __future__ import annotations
 
@@ -6,17 +6,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from skyvar.device import resolve_device  # noqa: F401  (kept importable from here)
 from skyvar.utils.log import get_logger
 
 log = get_logger(__name__)
-
-
-def resolve_device(name: str | None) -> str:
-    import torch
-
-    if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(name)
 
 
 def run_inference(cfg: DictConfig) -> Any:

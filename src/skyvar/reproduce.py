@@ -33,13 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from skyvar import paths
+from skyvar.pipeline.resume import Manifest, stable_hash
 from skyvar.utils.atomic import write_json_atomic, write_text_atomic
 from skyvar.utils.log import get_logger
 
 log = get_logger(__name__)
 
-ROOT = Path(os.environ.get("SKYVAR_ROOT", Path(__file__).resolve().parents[2]))
-REGISTRY = ROOT / "conf" / "reproduce.yaml"
+ROOT = paths.root()
+REGISTRY = paths.conf_dir() / "reproduce.yaml"
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -70,7 +72,11 @@ def area_commands(area: dict, mode: str, ctx: dict) -> list[list[str]]:
     cmds = []
     for c in area[mode] or []:
         argv = shlex.split(c) if isinstance(c, str) else list(c)
-        cmds.append([_fill(a, ctx) for a in argv])
+        filled: list[str] = []
+        for a in argv:
+            # {skyvar} is this installation's command: the interpreter running us, -m skyvar
+            filled += [ctx.get("python", sys.executable), "-m", "skyvar"] if a == "{skyvar}" else [_fill(a, ctx)]
+        cmds.append(filled)
     return cmds
 
 
@@ -201,18 +207,19 @@ def run_area(name: str, area: dict, mode: str, out: Path, ctx: dict, resume: boo
         return rec
     cmds = area_commands(area, mode, actx)
     rec["commands"] = [" ".join(shlex.quote(a) for a in c) for c in cmds]
-    done = adir / "_done.json"
-    if resume and done.exists():
-        try:
-            prev = json.loads(done.read_text())
-        except (OSError, ValueError):
-            prev = {}
-        if prev.get("commands") == rec["commands"]:
+    # resume (skyvar.pipeline.resume): an area already run to completion with the same command lines
+    done = Manifest(adir / "_done.json")
+    key = stable_hash({"commands": rec["commands"]})
+    if resume:
+        prev = done.valid(key)
+        if prev is not None:
             log.info("%s: already run with the same commands (%.0f s); re-reading its numbers", name, prev["wall_s"])
             rec.update(wall_s=prev["wall_s"], resumed=True)
             return rec
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")])
+    checkout = paths.source_checkout()
+    if checkout is not None:  # children import this checkout's code, installed or not
+        env["PYTHONPATH"] = os.pathsep.join([str(checkout / "src"), env.get("PYTHONPATH", "")])
     env.setdefault("WANDB_MODE", "offline")
     env.setdefault("SKYVAR_ROOT", str(ROOT))
     env.setdefault("MPLBACKEND", "Agg")
@@ -240,8 +247,8 @@ def run_area(name: str, area: dict, mode: str, out: Path, ctx: dict, resume: boo
             break
     rec["wall_s"] = round(time.perf_counter() - t0, 1)
     if rec["status"] == "ok":
-        write_json_atomic(done, {"commands": rec["commands"], "wall_s": rec["wall_s"], "mode": mode,
-                                 "finished": _dt.datetime.now().isoformat(timespec="seconds")})
+        done.write(key, {"commands": rec["commands"], "wall_s": rec["wall_s"], "mode": mode,
+                         "finished": _dt.datetime.now().isoformat(timespec="seconds")})
     return rec
 
 
@@ -312,7 +319,7 @@ def results_markdown(records: list[dict], meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="python -m skyvar.reproduce", description=__doc__,
+    ap = argparse.ArgumentParser(prog="skyvar reproduce", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small data, minutes on CPU")
     ap.add_argument("--only", nargs="+", metavar="AREA", help="run only these areas")
@@ -325,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     # key=value items may come anywhere (also after --only A B): take them out before argparse
     kv = dict(x.split("=", 1) for x in argv if "=" in x and not x.startswith("-"))
     a = ap.parse_args([x for x in argv if not ("=" in x and not x.startswith("-"))])
+    from skyvar.utils.cli import UsageError
+
+    if a.kv:
+        raise UsageError(f"argument(s) {a.kv} are not key=value or options (did you mean out_dir=...?)")
+    if set(kv) - {"out_dir"}:
+        raise UsageError(f"unknown key(s) {sorted(set(kv) - {'out_dir'})}; reproduce takes out_dir=D")
     reg = load_registry(a.registry)
     areas = reg["areas"]
     if a.list:
@@ -339,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if a.quick else "full"
     out = Path(kv.get("out_dir", f"results/reproduce_{mode}")).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ctx = {"root": str(ROOT), "python": sys.executable, "models": str(ROOT / "models"),
-           "shared": str(ROOT.parent / "shared")}
+    shared = paths.shared_dir()
+    ctx = {"root": str(ROOT), "python": sys.executable, "models": str(paths.released_dir()),
+           "shared": str(shared) if shared else "<no ../shared folder>"}
     t0 = time.perf_counter()
     records = []
     for n in names:

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from skyvar.utils.log import get_logger
 
@@ -68,11 +68,36 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         best = ckpt_cb.best_model_path
         log.info("best checkpoint: %s", best)
     if cfg.get("test", False) and datamodule is not None and hasattr(datamodule, "test_dataloader"):
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=best if best else None, weights_only=False)
+        # without training, test the checkpoint that was given (never a freshly initialised model)
+        test_ckpt = best or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    if cfg.get("export_to") and best:
-        dst = Path(cfg.export_to)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(best, dst)
-        log.info("exported %s -> %s", best, dst)
+    if cfg.get("export_to") and best and trainer.is_global_zero:
+        export_checkpoint(best, cfg.export_to)
     return metrics
+
+
+def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Copy a checkpoint to ``dst`` atomically (a reader never sees half a file); rank zero only."""
+    from skyvar.utils.atomic import atomic_path
+
+    dst = Path(dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    log.info("exported %s -> %s", src, dst)
+    return dst
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, float]:
+    """``skyvar eval``: test the checkpoint ``cfg.ckpt_path`` (a Lightning checkpoint or a release name)
+    on ``cfg.data``'s test split with ``cfg.model``'s LightningModule; returns the test metrics."""
+    from skyvar.models.registry import checkpoint_path
+
+    if not cfg.get("ckpt_path"):
+        raise ValueError("skyvar eval needs ckpt_path=<Lightning checkpoint of the model>")
+    path = checkpoint_path(cfg.ckpt_path)
+    with open_dict(cfg):
+        cfg.ckpt_path = str(path)
+        cfg.train = False
+        cfg.test = True
+    return run_training(cfg)

@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from pnet_helpers import single_thread  # noqa: F401 (fixture)
 
 from skyvar.detect.base import CATALOG_COLUMNS, FLAG_BAD_PIXELS
 from skyvar.detect.pnet import DEFAULT_CHECKPOINT, PNetDetector, load_pnet
 from skyvar.evaluate.matching import match_catalogs
 from skyvar.io.fits import read_frame, write_frame
+from skyvar.models.registry import checkpoint_path
 from skyvar.sim.field import FieldSimConfig, simulate_field_to_disk
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-CKPT = ROOT / DEFAULT_CHECKPOINT
+CKPT = checkpoint_path(DEFAULT_CHECKPOINT)
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,7 @@ def test_detector_configs_instantiate(name):
     from hydra.utils import instantiate
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "src" / "skyvar" / "conf"), version_base="1.3"):
         cfg = compose("infer", overrides=[f"detector={name}", "paths.root_dir=."])
     det = instantiate(cfg.detector)
     assert det.name == name

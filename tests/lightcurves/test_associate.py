@@ -154,7 +154,7 @@ def run_infer(overrides):
     from hydra.utils import instantiate
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(Path(__file__).resolve().parents[2] / "src" / "skyvar" / "conf"), version_base="1.3"):
         cfg = compose("infer", overrides=overrides)
     return instantiate(cfg.pipeline, _convert_="partial").run()
 

@@ -11,7 +11,7 @@ from skyvar.lightcurves.store import write_store
 from skyvar.pipeline.lightcurves import read_features
 from skyvar.sim.wfst import WfstSimConfig, davenport_flare, simulate_wfst
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "src" / "skyvar" / "conf"
 
 FLARE_COLS = ["phi_vv_max", "fdr", "fdr_cal", "flare_candidate", "flare_long_candidate", "flare_flag"]
 PERIOD_COLS = ["f_max", "period", "pwr_max", "fap", "fap_cal", "period_candidate", "period_flag", "ls_mode"]

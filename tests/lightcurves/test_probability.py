@@ -21,7 +21,7 @@ from skyvar.lightcurves.probability import (
     threshold_curves,
 )
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "src" / "skyvar" / "conf"
 
 
 def test_eq9_by_hand():

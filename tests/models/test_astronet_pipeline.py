@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lightcurves"))
 from test_views import make_box_batch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-RELEASE = ROOT / "models" / "astronet-csst" / "astronet.pt"
-CONF = ROOT / "conf"
+RELEASE = ROOT / "src" / "skyvar" / "models" / "released" / "astronet-csst" / "astronet.pt"
+CONF = ROOT / "src" / "skyvar" / "conf"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,7 +44,7 @@ def test_lightcurves_pipeline_with_astronet_stage(tmp_path):
 
     store = _store(tmp_path)
     _run(["pipeline=lightcurves_astronet", f"input={store}", f"out_dir={tmp_path / 'out'}", "device=cpu",
-          f"paths.models_dir={ROOT / 'models'}", "pipeline.progress=false"])
+          "pipeline.progress=false"])
     f = read_features(tmp_path / "out").set_index("source_id")
     assert list(f.index) == [11, 12, 13, 14, 15]
     assert {"p_periodic", "p_periodic_adjusted", "astronet_class", "astronet_period"} <= set(f.columns)

@@ -143,7 +143,7 @@ def _compose_train(overrides):
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "src" / "skyvar" / "conf"), version_base="1.3"):
         return compose("train", overrides=overrides)
 
 

@@ -130,7 +130,7 @@ def test_evaluate_writes_metrics_and_figures(tmp_path, tmp_path_factory):
 
 
 def test_released_checkpoint_loads(root):
-    path = root / "models" / "specnet-lamost" / "specnet.ckpt"
+    path = root / "src" / "skyvar" / "models" / "released" / "specnet-lamost" / "specnet.ckpt"
     if not path.exists():
         pytest.skip("no released checkpoint")
     m = load_specnet(path)

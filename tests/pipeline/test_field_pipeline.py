@@ -97,7 +97,7 @@ def test_rerun_reuses_every_stage(first_run, sim):
     assert ran and all(v.get("reused") for v in ran.values()), ran
     # a run killed during photometry: no manifest, some catalogues missing -> only those frames are redone
     (out / "photometry" / "_stage.json").unlink()
-    for c in sorted((out / "photometry" / "catalogs").glob("*.ecsv"))[:2]:
+    for c in sorted((out / "photometry" / "catalogs").glob("*.parquet"))[:2]:
         c.unlink()
     s_int = _pipeline(out, sim).run()
     m = s_int["stages"]["photometry"]["metrics"]
@@ -172,7 +172,7 @@ def test_classical_forced_photometry_path(sim, tmp_path):
                   detector={"_target_": "skyvar.detect.sep_baseline.SepDetector", "name": "sep"}).run()
     assert s["photometry"] == "forced" and s["name"] == "sep+forced_psf"
     ref = Table.read(tmp_path / "run" / "reference" / "reference.ecsv")
-    cat = Table.read(sorted((tmp_path / "run" / "photometry" / "catalogs").glob("*.ecsv"))[3])
+    cat = Table.read(sorted((tmp_path / "run" / "photometry" / "catalogs").glob("*.parquet"))[3])
     assert len(cat) == len(ref) and np.allclose(cat["x"], ref["x"])  # the reference positions, every frame
     lc = json.loads((tmp_path / "run" / "eval_lightcurves" / "metrics.json").read_text())
     assert lc["scatter_at_22"] is None or lc["scatter_at_22"] < 0.05
@@ -202,5 +202,5 @@ def test_pnet_reference_with_forced_photometry_is_the_default(sim, tmp_path):
                   detector={"_target_": "skyvar.detect.pnet.PNetDetector", "name": "pnet", "device": "cpu"}).run()
     assert s["photometry"] == "forced" and s["name"] == "pnet+forced_psf"
     ref = Table.read(tmp_path / "run" / "reference" / "reference.ecsv")
-    cat = Table.read(sorted((tmp_path / "run" / "photometry" / "catalogs").glob("*.ecsv"))[5])
+    cat = Table.read(sorted((tmp_path / "run" / "photometry" / "catalogs").glob("*.parquet"))[5])
     assert len(ref) > 10 and len(cat) == len(ref) and np.allclose(cat["x"], ref["x"])

@@ -11,7 +11,7 @@ from skyvar.lightcurves.indices import INDEX_NAMES, IndicesStage, variability_in
 from skyvar.lightcurves.store import FLAG_DUPLICATE_TIME, write_store
 from skyvar.pipeline.lightcurves import LightCurvePipeline, partition_features, read_features
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "src" / "skyvar" / "conf"
 
 
 def _long(n_src=400, seed=0, var_every=20):

@@ -44,7 +44,7 @@ def test_paper_mock_end_to_end(tmp_path):
 def test_infer_config_on_mrs_files_recovers_zero_points(mrs_files, tmp_path):
     d, truth = mrs_files
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "src" / "skyvar" / "conf"), version_base="1.3"):
         cfg = compose("infer", overrides=["pipeline=rv", f"input={d}", f"out_dir={tmp_path}", "device=cpu",
                                           "pipeline.figures=false", "pipeline.calibration.min_stars=3"])
     summary = instantiate(cfg.pipeline, _convert_="partial").run()

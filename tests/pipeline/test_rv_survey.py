@@ -180,7 +180,7 @@ def test_injection_study_command(tmp_path):
     from tests.conftest import ROOT
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "src" / "skyvar" / "conf"), version_base="1.3"):
         cfg = compose("infer", overrides=["pipeline=rv_injection", f"input={shared_data(*MRS)}", f"out_dir={tmp_path}",
                                           "device=cpu", "pipeline.snr=[5,20]", "pipeline.n_per=2", "pipeline.arms=[B]"])
     instantiate(cfg.pipeline, _convert_="partial").run()

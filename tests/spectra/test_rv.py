@@ -203,7 +203,7 @@ def test_lowpass_pulls_are_unit_on_synthetic_stars():
     errs = []
     for snr in (5.0, 30.0):
         pulls, e = [], []
-        for k in range(3):
+        for _k in range(3):
             star = _synthetic_star(rng, 120, 7500.0)["R"]
             v = np.concatenate([[0.0], rng.uniform(-150, 150, 20)])
             f0, i0 = noisy_shifted_spectra(star, WAVE, [0.0], 150.0, rng, continuum=cont)

@@ -42,7 +42,7 @@ from skyvar.utils.log import get_logger
 
 log = get_logger(__name__)
 
-DEFAULT_CHECKPOINT = "models/pnet-csst/pnet.pt"
+DEFAULT_CHECKPOINT = "pnet-csst"  # a release name (skyvar.models.registry)
 CHECKPOINT_FORMAT = "skyvar-pnet-v1"
 MAG_PER_LN = 2.5 / math.log(10.0)
 
@@ -249,10 +249,13 @@ def merge_duplicates(x: np.ndarray, y: np.ndarray, score: np.ndarray, radius: fl
 def load_pnet(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[PNet, dict]:
     """Build the network from a released ``.pt`` (``export_pnet``) or a Lightning ``.ckpt`` without
     Hydra; returns (net in eval mode, metadata dict)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"PNet checkpoint {path} not found (train one with `python train.py model=pnet` "
-                                f"or pass detector.checkpoint=...)")
+    from skyvar.models.registry import checkpoint_path
+
+    try:
+        path = checkpoint_path(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"PNet checkpoint {path} not found (train one with `skyvar train model=pnet` "
+                                f"or pass detector.checkpoint=...): {e}") from None
     ck = torch.load(path, map_location=map_location, weights_only=False)
     if ck.get("format") == CHECKPOINT_FORMAT:
         net_kw, sd, meta = ck["net"], ck["state_dict"], dict(ck.get("meta", {}))
@@ -306,13 +309,16 @@ class PNetDetector(Detector):
                  blend_radius_px: float = 1.5, background_box: int = 64, check_inputs: bool = True,
                  warn_tolerance: float = 0.15, tta: bool = False, refine_px: float = 0.3, name: str = "pnet",
                  operating_radius: float = 1.0):
-        from skyvar.inference import resolve_device
+        from skyvar.device import resolve_device
 
         self.name = name
-        root = Path(os.environ.get("SKYVAR_ROOT", "."))
-        ck = Path(checkpoint) if checkpoint else root / DEFAULT_CHECKPOINT
-        if not ck.is_absolute() and not ck.exists() and (root / ck).exists():
-            ck = root / ck
+        from skyvar.models.registry import checkpoint_path
+
+        try:
+            ck = checkpoint_path(checkpoint or DEFAULT_CHECKPOINT)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"PNet checkpoint {checkpoint} not found (train one with `skyvar train model=pnet` "
+                                    f"or pass detector.checkpoint=...): {e}") from None
         self.checkpoint = ck
         self.device = torch.device(resolve_device(device))
         self.net, self.meta = load_pnet(ck, "cpu")

@@ -30,6 +30,9 @@ def load_report(d: str | Path) -> tuple[dict, dict]:
 
 
 def compare(reports: dict[str, str | Path], out_dir: str | Path) -> Path:
+    """Detector reports side by side: ``reports`` maps a name to a ``report/`` folder written by
+    :func:`skyvar.evaluate.report.evaluate_detections`; writes the paper's figures for all of them and
+    ``comparison.md`` into ``out_dir`` and returns its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, pairs = {}, {}
@@ -41,8 +44,10 @@ def compare(reports: dict[str, str | Path], out_dir: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from skyvar.utils.cli import parse_args
+
     argv = sys.argv[1:] if argv is None else argv
-    kv = dict(a.split("=", 1) for a in argv if "=" in a)
+    kv = parse_args(argv, what="skyvar compare").kv
     out = kv.pop("out_dir", "comparison")
     if not kv:
         print(__doc__)

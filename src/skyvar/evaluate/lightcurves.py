@@ -633,12 +633,19 @@ def _comparison_md(res: dict, metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cli(argv: list[str]) -> int:
+    """``skyvar compare-lightcurves NAME=<field run dir> ... truth=<sim dir> out_dir=C``."""
+    return main(["compare", *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
+    from skyvar.utils.cli import parse_args
+
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] != "compare":
         print(__doc__)
         return 2
-    kv = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
+    kv = parse_args(argv, positionals=["compare"], what="skyvar compare-lightcurves").kv
     out = kv.pop("out_dir", "comparison")
     truth = kv.pop("truth", None)
     if truth is None or not kv:

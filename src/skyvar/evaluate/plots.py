@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from skyvar.utils.atomic import savefig_atomic  # noqa: E402
+from skyvar.utils.atomic import savefig_atomic
 
 
 def _centres(m):

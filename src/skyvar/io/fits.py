@@ -45,7 +45,7 @@ class Frame:
     gain: float  # e-/ADU (data is already multiplied by it)
     rdnoise: float  # e- per pixel, effective for the stored image
     zp: float  # AB mag giving 1 e-/s
-    mjd: float  # mid-exposure MJD (NaN if unknown)
+    mjd: float  # mid-exposure MJD (NaN if unknown; see mid_exposure_mjd)
     filter: str
     wcs: WCS | None
     path: Path | None = None
@@ -76,6 +76,63 @@ class Frame:
     def mag_to_flux(self, mag: np.ndarray) -> np.ndarray:
         return self.exptime * 10 ** (-0.4 * (np.asarray(mag, dtype=float) - self.zp))
 
+    def to_ccddata(self):
+        """The frame as an ``astropy.nddata.CCDData`` in electrons: the mask as a boolean array (any
+        bit set), the uncertainty as the per-pixel Poisson + read-noise standard deviation, the WCS and
+        header carried over (``EXPTIME``, ``GAIN=1`` since the data are in electrons, ``ZP``, ``MJD-AVG``)."""
+        from astropy import units as u
+        from astropy.nddata import CCDData, StdDevUncertainty
+
+        hdr = self.header.copy()
+        hdr["EXPTIME"], hdr["GAIN"], hdr["RDNOISE"], hdr["ZP"] = self.exptime, 1.0, self.rdnoise, self.zp
+        if np.isfinite(self.mjd):
+            hdr["MJD-AVG"] = self.mjd
+        var = np.clip(self.data, 0, None).astype(np.float64) + self.rdnoise**2
+        return CCDData(self.data, unit=u.electron, mask=self.mask != 0, wcs=self.wcs, meta=hdr,
+                       uncertainty=StdDevUncertainty(np.sqrt(var).astype(np.float32)))
+
+    @classmethod
+    def from_ccddata(cls, ccd, zp: float | None = None, rdnoise: float | None = None, filter: str | None = None):
+        """A Frame from an ``astropy.nddata.CCDData`` (unit electron, or adu with ``GAIN`` in its meta).
+        Header keys fill what is not given; the time comes from :func:`mid_exposure_mjd`."""
+        from astropy import units as u
+
+        hdr = fits.Header(ccd.meta) if not isinstance(ccd.meta, fits.Header) else ccd.meta.copy()
+        gain = float(hdr.get("GAIN", 1.0))
+        if ccd.unit is None:
+            raise FrameError("CCDData without a unit: give electron or adu (with GAIN in the meta)")
+        if ccd.unit.is_equivalent(u.electron):
+            data = np.asarray(ccd.data, np.float32) * np.float32(ccd.unit.to(u.electron))
+            gain_applied = 1.0
+        elif ccd.unit.is_equivalent(u.adu):
+            data = np.asarray(ccd.data, np.float32) * np.float32(gain)
+            gain_applied = gain
+        else:
+            raise FrameError(f"CCDData in {ccd.unit}: skyvar frames need electron or adu")
+        mask = np.zeros(data.shape, np.uint8)
+        if ccd.mask is not None:
+            mask[np.asarray(ccd.mask, bool)] |= MASK_BAD
+        bad = ~np.isfinite(data)
+        mask[bad] |= MASK_BAD
+        data[bad] = 0.0
+        if "EXPTIME" not in hdr:
+            raise FrameError("CCDData meta has no EXPTIME: magnitudes would be wrong; set meta['EXPTIME']")
+        exptime = float(hdr["EXPTIME"])
+        wcs = ccd.wcs
+        if wcs is None:  # CCDData built from an array and a header keeps the WCS only in the header
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FITSFixedWarning)
+                try:
+                    wcs = WCS(hdr, naxis=2)
+                except Exception:
+                    wcs = None
+        wcs = wcs if wcs is not None and wcs.has_celestial else None
+        return cls(data=data, mask=mask, header=hdr, exptime=exptime, gain=gain_applied,
+                   rdnoise=float(rdnoise if rdnoise is not None else hdr.get("RDNOISE", 0.0)),
+                   zp=float(zp if zp is not None else hdr.get("ZP", DEFAULT_ZP)),
+                   mjd=mid_exposure_mjd(hdr, exptime), filter=str(filter or hdr.get("FILTER", "unknown")),
+                   wcs=wcs)
+
     def pixel_to_world(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """RA, Dec in degrees of 0-indexed pixel positions (NaN without a WCS)."""
         x = np.asarray(x, dtype=float)
@@ -104,13 +161,72 @@ def _header_float(hdr: fits.Header, keys: tuple[str, ...], default: float | None
     return default
 
 
+def mid_exposure_mjd(header: fits.Header, exptime: float | None = None, path: str | os.PathLike = "",
+                     notes: list[str] | None = None) -> float:
+    """The mid-exposure MJD of a frame, by the FITS standard's time keywords (WCS Paper III):
+
+    1. ``MJD-AVG``, else ``DATE-AVG`` (ISO): the mid-exposure time itself;
+    2. ``MJD-OBS``, else ``DATE-OBS`` (with ``TIME-OBS`` when the date has no time): the exposure
+       **start**, plus ``EXPTIME / 2``;
+    3. ``MJD-MID`` (a common non-standard key) as given; ``MJD`` alone is taken as the mid-time with
+       a note.
+
+    Returns NaN (with a note) when none is usable. The time scale is the header's (``TIMESYS``,
+    UTC by default); it is not converted."""
+    notes = notes if notes is not None else []
+
+    def num(key):
+        try:
+            v = float(header[key])
+            return v if np.isfinite(v) else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def iso(key, time_key=None):
+        v = header.get(key)
+        if not isinstance(v, str) or not v.strip():
+            return None
+        v = v.strip()
+        if "T" not in v and time_key and isinstance(header.get(time_key), str):
+            v = f"{v}T{header[time_key].strip()}"
+        try:
+            from astropy.time import Time
+
+            return float(Time(v, format="isot" if "T" in v else "iso", scale="utc").mjd)
+        except Exception:
+            return None
+
+    half = 0.5 * float(exptime) / 86400.0 if exptime is not None and np.isfinite(exptime) and exptime > 0 else None
+    for mid in (num("MJD-AVG"), iso("DATE-AVG")):
+        if mid is not None:
+            return mid
+    for start, key in ((num("MJD-OBS"), "MJD-OBS"), (iso("DATE-OBS", "TIME-OBS"), "DATE-OBS")):
+        if start is not None:
+            if half is None:
+                notes.append(f"{path}: {key} is the exposure start and EXPTIME is unknown; time not centred")
+                return start
+            return start + half
+    for key in ("MJD-MID", "MJD"):
+        v = num(key)
+        if v is not None:
+            if key == "MJD":
+                notes.append(f"{path}: only 'MJD' in the header; taken as the mid-exposure time")
+            return v
+    msg = f"{path}: no MJD-AVG, DATE-AVG, MJD-OBS or DATE-OBS in the header; frame time unknown (NaN)"
+    notes.append(msg)
+    warnings.warn(msg, stacklevel=3)
+    return float("nan")
+
+
 def read_frame(path: str | os.PathLike, hdu: int | str | None = None, zp_default: float | None = DEFAULT_ZP) -> Frame:
     """Read a frame from FITS with validation.
 
     - The first HDU holding a 2-D image is used unless ``hdu`` is given; a ``MASK`` extension is read.
     - NaN/inf pixels are set to 0 and flagged ``MASK_BAD`` (they must not reach neighbours' photometry).
     - Pixels at or above ``SATURATE`` are flagged ``MASK_SATURATED``.
-    - Missing EXPTIME/GAIN/RDNOISE/ZP/MJD-OBS fall back to defaults with a warning.
+    - Missing EXPTIME/GAIN/RDNOISE/ZP fall back to defaults with a warning.
+    - The time is the mid-exposure MJD (:func:`mid_exposure_mjd`: ``MJD-AVG``/``DATE-AVG``, else
+      ``MJD-OBS``/``DATE-OBS`` (the start) + ``EXPTIME/2``).
 
     Raises FrameError for unreadable, truncated or empty files, non-2-D data, all-bad frames.
     """
@@ -156,7 +272,7 @@ def read_frame(path: str | os.PathLike, hdu: int | str | None = None, zp_default
         notes.append(f"{path}: non-positive GAIN, using 1.0")
     rdnoise = _header_float(header, ("RDNOISE", "READNOIS", "RON"), 0.0, "read noise [e-]", path, notes)
     zp = _header_float(header, ("ZP", "MAGZERO", "MAGZP", "ZEROPT"), zp_default, "zero point [mag for 1 e-/s]", path, notes)
-    mjd = _header_float(header, ("MJD-OBS", "MJD-MID", "MJD"), float("nan"), "mid-exposure MJD", path, notes)
+    mjd = mid_exposure_mjd(header, exptime, path, notes)
     saturate = _header_float(header, ("SATURATE", "SATLEVEL"), float("inf"), "saturation [ADU]", path, notes, warn=False)
     filt = str(header.get("FILTER", "unknown"))
 

@@ -16,9 +16,9 @@ Scale: KD-trees (scipy ``cKDTree``, multi-threaded queries) on the anchors with 
 small second tree until it is worth a rebuild, vectorised assignment, catalogues parsed in a
 background thread, rows streamed into the partitioned store (:class:`~skyvar.lightcurves.store.StoreWriter`).
 
-Catalogues are ECSV as written by the detect pipeline (columns ``x y ra dec flux flux_err mag mag_err
-flags frame_id detector``, table meta ``mjd``, ``frame_id``, ``filter``), FITS or Parquet tables with
-the same columns. A catalogue that cannot be read or lacks ``mjd`` is reported and skipped.
+Catalogues are Parquet (as the field pipeline passes them), ECSV (as ``pipeline=detect`` writes them
+for users) or FITS tables with the columns ``x y ra dec flux flux_err mag mag_err flags frame_id
+detector`` and the table meta ``mjd``, ``frame_id``, ``filter`` (:mod:`skyvar.io.catalog`). A catalogue that cannot be read or lacks ``mjd`` is reported and skipped.
 """
 
 from __future__ import annotations
@@ -124,6 +124,8 @@ def read_catalog(path: str | os.PathLike) -> CatalogFrame:
             except Exception as e:  # odd but valid ECSV (quoted multi-dim columns …): astropy reads it
                 log.debug("fast ECSV read failed for %s (%s); using astropy", path, e)
                 df, meta = _read_astropy(path)
+        elif name.endswith(".parquet"):
+            df, meta = _read_parquet(path)
         else:
             df, meta = _read_astropy(path)
     except CatalogError:
@@ -167,6 +169,15 @@ def read_catalog(path: str | os.PathLike) -> CatalogFrame:
         flags=col("flags", np.int32, 0), pixel_scale=float(ps) if ps not in (None, "") else None,
         warnings=warnings,
     )
+
+
+def _read_parquet(path: Path) -> tuple[pd.DataFrame, dict]:
+    """Only the needed columns, and the meta from the schema (what the field pipeline passes on)."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    df = pq.read_table(path, columns=[c for c in _NEEDED if c in names]).to_pandas()
+    return df, _parquet_meta(path)
 
 
 def _read_astropy(path: Path) -> tuple[pd.DataFrame, dict]:

@@ -24,7 +24,7 @@ in ``finalize``, writes ``out_dir/plots/<name>/candidates.png`` and ``p_periodic
 In ``conf/pipeline/lightcurves.yaml`` (``stages:``)::
 
     - _target_: skyvar.lightcurves.classify.AstronetStage
-      checkpoint: ${paths.models_dir}/astronet-csst/astronet.pt
+      checkpoint: astronet-csst
       device: ${device}
 
 **Evaluation.** ``python -m skyvar.lightcurves.classify evaluate checkpoint=<ckpt>
@@ -62,7 +62,7 @@ from skyvar.utils.log import get_logger
 
 log = get_logger(__name__)
 
-DEFAULT_CHECKPOINT = "models/astronet-csst/astronet.pt"
+DEFAULT_CHECKPOINT = "astronet-csst"  # a release name (skyvar.models.registry)
 
 
 def _take(b: LightCurveBatch, idx: np.ndarray) -> LightCurveBatch:
@@ -106,14 +106,10 @@ class AstronetStage:
     @property
     def predictor(self):
         if self._predictor is None:
-            from skyvar.inference import resolve_device
+            from skyvar.device import resolve_device
             from skyvar.models.astronet_module import load_astronet
 
-            path = Path(self.checkpoint)
-            if not path.is_absolute() and not path.exists():
-                import os
-
-                path = Path(os.environ.get("SKYVAR_ROOT", ".")) / path
+            path = self.checkpoint
             self._predictor = load_astronet(path, device=resolve_device(self.device))
             log.info("astronet: loaded %s on %s", path, self._predictor.device)
         return self._predictor
@@ -489,33 +485,29 @@ def evaluate_datamodule(dm, predictor, out_dir: Path, tag: str, split: str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    from skyvar.utils.cli import parse_args
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "evaluate":
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    kv = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
+    kv = parse_args(argv, positionals=["evaluate"], what="skyvar astronet").kv
     ckpt = kv.pop("checkpoint", DEFAULT_CHECKPOINT)
     out_dir = Path(kv.pop("out_dir", "docs/figures/astronet"))
     datas = kv.pop("data", "csst_lightcurves,csst_lightcurves_paper").split(",")
     device = kv.pop("device", "auto")
-    import os
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    from skyvar.inference import resolve_device
+    from skyvar.device import resolve_device
     from skyvar.models.astronet_module import load_astronet
+    from skyvar.utils.config import compose_config
 
     baseline_data = kv.pop("baseline", "csst_lightcurves")  # training data of the BLS-features peer; "none" = off
     extra = [f"{k}={v}" for k, v in kv.items()]
-    root = Path(os.environ.setdefault("SKYVAR_ROOT", str(Path.cwd())))
     predictor = load_astronet(ckpt, device=resolve_device(device))
 
     def datamodule(name):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(str(root / "conf"), version_base="1.3"):
-            cfg = compose("train", overrides=[f"data={name}", "logger=none", "paths.output_dir=.", *extra])
+        cfg = compose_config("train", [f"data={name}", "logger=none", "paths.output_dir=.", *extra])
         return instantiate(cfg.data)
 
     baseline = fit_aux_baseline(datamodule(baseline_data)) if baseline_data != "none" else None

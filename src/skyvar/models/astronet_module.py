@@ -272,9 +272,9 @@ def _plain(v):
 
 def load_astronet(path: str | Path, device: str = "cpu") -> AstronetPredictor:
     """Load a release file (:func:`export_release`) or a Lightning checkpoint, without Hydra."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Astronet checkpoint not found: {path}")
+    from skyvar.models.registry import checkpoint_path
+
+    path = checkpoint_path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a Lightning checkpoint may hold non-tensor objects
@@ -315,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] != "export":
         print(main.__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    kv = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
+    from skyvar.utils.cli import parse_args
+
+    kv = parse_args(argv, positionals=["export"], what="skyvar astronet-export").kv
     if "ckpt" not in kv or "out" not in kv:
         print("export needs ckpt=<path> and out=<path>", file=sys.stderr)
         return 2

@@ -158,5 +158,7 @@ def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torc
 
 def load_specnet(path, map_location: str = "cpu") -> SpecNetModule:
     """A released or Lightning checkpoint as an eval-mode SpecNetModule (no Hydra needed)."""
-    model = SpecNetModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    from skyvar.models.registry import checkpoint_path
+
+    model = SpecNetModule.load_from_checkpoint(checkpoint_path(path), map_location=map_location, weights_only=False)
     return model.eval()

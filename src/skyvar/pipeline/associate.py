@@ -1,6 +1,6 @@
 """The associate pipeline: per-frame catalogues -> partitioned light-curve store.
 
-``python infer.py pipeline=associate input=<dir|glob of catalogues> out_dir=D`` writes ``D/store/``
+``skyvar infer pipeline=associate input=<dir|glob of catalogues> out_dir=D`` writes ``D/store/``
 (partitioned Parquet, long format ``source_id, band, time, mag, mag_err, flag``), ``D/sources.parquet``
 (one row per source: first-detection anchor ``ra, dec, x, y``, ``first_mjd``, ``first_frame``,
 ``n_measurements``), ``D/failures.json`` (catalogues reported and skipped) and ``D/summary.json``.
@@ -26,12 +26,18 @@ log = get_logger(__name__)
 
 
 class AssociatePipeline:
+    """Per-frame catalogues -> the partitioned light-curve store and the source list (module doc)."""
+
     def __init__(self, input: str | list, out_dir: str, radius_arcsec: float = 1.0,
                  radius_pix: float | None = None, pixel_scale: float | None = None, n_partitions: int = 16,
                  n_candidates: int = 3, read_threads: int = 2, flush_rows: int = 5_000_000,
-                 progress: bool = True, truth: str | None = None, **_ignored):
+                 progress: bool = True, truth: str | None = None):
         if input is None:
             raise ValueError("pipeline=associate needs input=<directory or glob of per-frame catalogues>")
+        if truth is not None:
+            # accepting it silently would suggest an evaluation that does not happen
+            raise ValueError("pipeline=associate does not use truth=; evaluate light curves against a simulation "
+                             "with pipeline=field (truth=...) or `skyvar compare-lightcurves`")
         self.input = input
         self.out_dir = Path(out_dir)
         self.kw = dict(radius_arcsec=radius_arcsec, radius_pix=radius_pix, pixel_scale=pixel_scale,

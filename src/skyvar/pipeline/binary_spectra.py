@@ -45,7 +45,7 @@ FLAG_NO_COORDS = 8
 
 
 def _device(name: str | None) -> str:
-    from skyvar.inference import resolve_device
+    from skyvar.device import resolve_device
 
     return resolve_device(name)
 
@@ -339,11 +339,11 @@ def expected_calibration_error(p, y, n_bins: int = 15) -> float:
 
 @dataclasses.dataclass
 class EvalConfig:
-    checkpoint: str = "models/specnet-lamost/specnet.ckpt"
+    checkpoint: str = "specnet-lamost"  # a release name or a checkpoint file
     data: str = "lamost_lrs"  # conf/data/<name>.yaml; its preprocessing is replaced by the checkpoint's
     data_dir: str | None = None  # default: the config's (datasets/lamost_lrs)
     data_overrides: list = dataclasses.field(default_factory=list)  # Hydra overrides, e.g. ["data.sim.n_single=60"]
-    metrics_out: str = "models/specnet-lamost/metrics.json"
+    metrics_out: str | None = None  # default: metrics.json next to the checkpoint (the release folder for a name)
     fig_dir: str = "docs/figures/binary_spectra"
     write_temperature: bool = True  # store the fitted temperature in the checkpoint (released models)
     device: str = "auto"
@@ -355,20 +355,17 @@ class EvalConfig:
 
 
 def _datamodule(cfg: EvalConfig, preprocess: dict):
-    import os
 
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    root = Path(os.environ.get("SKYVAR_ROOT", Path(__file__).resolve().parents[3]))
-    GlobalHydra.instance().clear()
-    over = [f"data={cfg.data}", "paths.output_dir=.", f"paths.root_dir={root}"]
+    from skyvar.utils.config import compose_config
+
+    over = [f"data={cfg.data}", "paths.output_dir=.", "logger=none"]
     if cfg.data_dir:
         over.append(f"data.data_dir={cfg.data_dir}")
     over += list(cfg.data_overrides)
-    with initialize_config_dir(str(root / "conf"), version_base="1.3"):
-        c = compose("train", overrides=over)
+    c = compose_config("train", over)
     GlobalHydra.instance().clear()
     c.data.preprocess = preprocess
     return instantiate(c.data)
@@ -504,8 +501,16 @@ def evaluate(cfg: EvalConfig) -> dict:
         res["real_lamost"] = _real_run(cfg, cfg.checkpoint)
         res["domain_gap"] = _domain_gap(cfg, load_specnet(cfg.checkpoint, map_location=device), dm,
                                         res["real_lamost"], device)
-    write_json_atomic(cfg.metrics_out, res)
+    write_json_atomic(_metrics_path(cfg), res)
     return res
+
+
+def _metrics_path(cfg: EvalConfig) -> Path:
+    from skyvar.models import registry
+
+    if cfg.metrics_out:
+        return Path(cfg.metrics_out)
+    return Path(registry.checkpoint_path(cfg.checkpoint)).with_name("metrics.json")
 
 
 def template_fit_ceiling(dm, n: int, seed: int = 0, degree: int = 15) -> dict:
@@ -638,10 +643,10 @@ def linear_baseline_auc(dm, x_test, meta_test, n_single: int = 6000, seed: int =
 
 
 def _real_path(cfg: EvalConfig) -> str:
-    import os
+    from skyvar.paths import shared_dir
 
-    return cfg.real_input.replace("${oc.env:SKYVAR_SHARED,../shared}",
-                                  os.environ.get("SKYVAR_SHARED", str(Path(os.environ.get("SKYVAR_ROOT", ".")) / ".." / "shared")))
+    sd = shared_dir()
+    return cfg.real_input.replace("${oc.env:SKYVAR_SHARED,../shared}", str(sd) if sd else "/nonexistent-shared")
 
 
 def _real_run(cfg: EvalConfig, checkpoint: str) -> list[dict] | None:
@@ -664,14 +669,19 @@ def _store_temperature(path: str, T: float) -> None:
     """Write the fitted temperature into the checkpoint's state dict; optimizer state is dropped."""
     import torch
 
+    from skyvar.models import registry
     from skyvar.utils.atomic import atomic_path
 
+    release = path if path in registry.RELEASES else None
+    path = registry.checkpoint_path(path)
     ck = torch.load(path, map_location="cpu", weights_only=False)
     ck["state_dict"]["temperature"] = torch.tensor(float(T))
     for k in ("optimizer_states", "lr_schedulers"):
         ck.pop(k, None)
     with atomic_path(path) as tmp:
         torch.save(ck, tmp)
+    if release is not None:  # the card states the checkpoint's checksum
+        registry.update_card_sha256(release)
 
 
 def _figures(fig_dir: Path, p, pc, yt, th, prec, q_edges, frac_q, fpr, tpr, res) -> None:

@@ -1,26 +1,22 @@
 """The detect pipeline: frames -> per-frame catalogues (any detector) -> evaluation report.
 
-``python infer.py pipeline=detect detector=<sep|photutils_psf|pnet> input=<file|dir|glob> out_dir=D
-[truth=<truth.ecsv>]`` writes ``D/catalogs/<frame>.ecsv`` and, with truth, ``D/report/``. With no
+``skyvar infer pipeline=detect detector=<sep|photutils_psf|pnet> input=<file|dir|glob> out_dir=D
+[truth=<truth.ecsv>] [pipeline.catalog_format=ecsv|parquet|fits]`` writes ``D/catalogs/<frame>.ecsv`` and, with truth, ``D/report/``. With no
 input it first simulates a CSST-like field into ``D/sim`` (the demo) and evaluates against its truth.
 
 A bad frame (corrupt, truncated, all-NaN …) is reported in ``D/failures.json`` and skipped; the rest
 are processed. Catalogues are written atomically; a rerun skips frames whose catalogue was written by
-the same detector configuration (``resume=true``).
+the same detector configuration (``resume=true``). The work over files is
+:func:`skyvar.detect.batch.detect_files`, shared with ``pipeline=field``.
 """
 
 from __future__ import annotations
 
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-from astropy.table import Table
-
 from skyvar.detect.base import Detector
-from skyvar.io.fits import FrameError, read_frame
-from skyvar.utils.atomic import write_json_atomic, write_table_atomic
+from skyvar.utils.atomic import write_json_atomic
 from skyvar.utils.config import stable_hash
 from skyvar.utils.inputs import expand_inputs
 from skyvar.utils.log import get_logger
@@ -29,6 +25,8 @@ log = get_logger(__name__)
 
 
 class DetectPipeline:
+    """Frames -> per-frame catalogues with any detector -> (with truth) the evaluation report."""
+
     def __init__(
         self,
         detector: Detector,
@@ -41,6 +39,7 @@ class DetectPipeline:
         resume: bool = True,
         progress: bool = True,
         logger: Any = None,
+        catalog_format: str = "ecsv",
     ):
         self.detector = detector
         self.out_dir = Path(out_dir)
@@ -52,6 +51,11 @@ class DetectPipeline:
         self.resume = resume
         self.progress = progress
         self.logger = logger
+        from skyvar.io.catalog import CATALOG_FORMATS
+
+        if catalog_format not in CATALOG_FORMATS:
+            raise ValueError(f"catalog_format={catalog_format!r}: choose one of {', '.join(CATALOG_FORMATS)}")
+        self.catalog_format = catalog_format
 
     # ------------------------------------------------------------------ steps
     def _simulated_inputs(self) -> tuple[Path, Path]:
@@ -66,41 +70,11 @@ class DetectPipeline:
         return sim_dir / "frames", sim_dir / "truth.ecsv"
 
     def detect_files(self, files: list[Path]) -> tuple[list[Path], list[dict]]:
-        cat_dir = self.out_dir / "catalogs"
-        done: list[Path] = []
-        failures: list[dict] = []
-        it = files
-        if self.progress:
-            from tqdm.auto import tqdm
+        from skyvar.detect.batch import detect_files
 
-            it = tqdm(files, desc=f"detect[{self.detector.name}]", unit="frame")
-        for f in it:
-            try:
-                frame = read_frame(f)
-            except FrameError as e:
-                log.error("skipping %s: %s", f, e)
-                failures.append({"file": str(f), "stage": "read", "error": str(e)})
-                continue
-            out = cat_dir / f"{frame.frame_id}.ecsv"
-            if self.resume and out.exists() and _same_config(out, self.config_hash):
-                done.append(out)
-                continue
-            t0 = time.perf_counter()
-            try:
-                cat = self.detector.detect(frame)
-            except Exception as e:  # one bad frame must not stop a batch
-                log.error("detector %s failed on %s: %s", self.detector.name, f, e)
-                failures.append({"file": str(f), "stage": "detect", "error": f"{type(e).__name__}: {e}",
-                                 "traceback": traceback.format_exc(limit=5)})
-                continue
-            cat.meta["config_hash"] = self.config_hash
-            cat.meta["runtime_s"] = round(time.perf_counter() - t0, 3)
-            if frame.warnings:
-                cat.meta["input_warnings"] = list(frame.warnings)
-            write_table_atomic(cat, out)
-            done.append(out)
-            log.info("%s: %d sources (%.1f s)", frame.frame_id, len(cat), cat.meta["runtime_s"])
-        return done, failures
+        res = detect_files(self.detector, files, self.out_dir / "catalogs", self.config_hash,
+                           fmt=self.catalog_format, resume=self.resume, progress=self.progress)
+        return res.catalogs, res.failures
 
     def run(self) -> dict:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,11 +104,3 @@ class DetectPipeline:
             summary["metrics"] = {k: metrics[k] for k in ("recall", "precision", "f1") if k in metrics}
         write_json_atomic(self.out_dir / "summary.json", summary)
         return summary
-
-
-def _same_config(path: Path, config_hash: str) -> bool:
-    try:
-        meta = Table.read(path, format="ascii.ecsv").meta
-    except Exception:
-        return False
-    return meta.get("config_hash") == config_hash

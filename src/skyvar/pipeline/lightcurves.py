@@ -204,6 +204,9 @@ class DaskConfig:
 
 
 class LightCurvePipeline:
+    """A light-curve store (or loose tables) -> per-(source, band) features from the configured
+    stages, partition by partition (see the module documentation)."""
+
     def __init__(self, input: str, out_dir: str, stages: list | None = None, mask_flags: int = DEFAULT_MASK_FLAGS,
                  batch_curves: int = 50_000, resume: bool = True, n_partitions: int | None = None,
                  rows_per_partition: int = 2_000_000, band_default: str = "", dask: dict | None = None,

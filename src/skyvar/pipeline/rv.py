@@ -67,6 +67,9 @@ RV_COLUMNS = ["source", "catalogue_id", "catalogue_ids", "ra", "dec", "time", "h
 
 
 class RVPipeline:
+    """Multi-epoch spectra -> relative radial velocities and exposure zero points (see the module
+    documentation)."""
+
     def __init__(self, out_dir: str, input: str | list | None = None, truth: str | None = None,
                  kind: str = "single", arms: list[str] | tuple[str, ...] = ("R", "B"), first_arm: str = "R",
                  windows: dict | None = None, min_snr: float = 5.0, match_radius: float = 3.0,
@@ -709,14 +712,10 @@ class RVPrecisionStudy:
                  n_mc: int = 200, v_range: float = 100.0, types: list | tuple = ("B", "A", "F", "G", "K", "M"),
                  arms: list | tuple = ("R", "B"), native_resolution: float = 8800.0, resolution: float = 7500.0,
                  teff_test: bool = True, ref_snr: float | None = None, seed: int = 8, device: str = "auto",
-                 rv: dict | None = None, continuum: dict | None = None, figures: bool = True, **_: Any):
-        import os
-
+                 rv: dict | None = None, continuum: dict | None = None, figures: bool = True):
         self.out_dir = Path(out_dir)
-        root = Path(os.environ.get("SKYVAR_ROOT", "."))
         # None: the templates shipped with skyvar (skyvar.spectra.resources); a directory: the full files
         self.data_dir = Path(data_dir) if data_dir else None
-        del root
         self.snr = [float(s) for s in snr]
         self.n_mc = int(n_mc)
         self.v_range = float(v_range)
@@ -975,7 +974,7 @@ class RVInjectionStudy:
 
     def __init__(self, out_dir: str, input: str | None = None, snr: list | tuple = (3, 5, 8, 12, 20, 35),
                  n_per: int = 10, v_range: float = 120.0, arms: list | tuple = ("R", "B"), seed: int = 11,
-                 settings: dict | None = None, device: str = "cpu", **_: Any):
+                 settings: dict | None = None, device: str = "cpu"):
         self.out_dir = Path(out_dir)
         self.input = input
         self.snr = [float(s) for s in snr]

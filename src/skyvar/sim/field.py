@@ -3,7 +3,8 @@
 ``python -m skyvar.sim field out_dir=D seed=S size=N n_epochs=E [key=value ...]`` writes
 
 - ``D/frames/frame_0000.fits`` … one FITS per epoch: float32 image in ADU (GAIN e-/ADU) including sky
-  and dark, header EXPTIME, GAIN, RDNOISE (effective for the co-add), MJD-OBS (mid-exposure), ZP
+  and dark, header EXPTIME, GAIN, RDNOISE (effective for the co-add), MJD-OBS/DATE-OBS (exposure start) and
+  MJD-AVG/DATE-AVG (mid-exposure), ZP
   (mag for 1 e-/s), FILTER, SATURATE, a TAN WCS centred on the paper's field, and a ``MASK``
   extension (1 = saturated);
 - ``D/truth.ecsv``: one row per star whose centre lies in the frame: ``source_id x y ra dec mag flux``
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 from astropy.io import fits
 from astropy.table import Table
+from astropy.time import Time
 from astropy.wcs import WCS
 
 from skyvar.io.fits import MASK_SATURATED, write_frame
@@ -421,7 +423,14 @@ class FieldSimulation:
         h["NCOMBINE"] = (cfg.n_exposures, "number of co-added exposures")
         h["GAIN"] = (cfg.gain, "[e-/ADU]")
         h["RDNOISE"] = (float(np.sqrt(cfg.read_var)), "[e-] effective read noise of the co-add")
-        h["MJD-OBS"] = (float(self.mjd[epoch]), "[d] mid-exposure MJD")
+        # FITS: MJD-OBS/DATE-OBS is the start of the exposure, MJD-AVG/DATE-AVG its middle
+        mid = float(self.mjd[epoch])
+        start = mid - 0.5 * cfg.exptime / 86400.0
+        h["MJD-OBS"] = (start, "[d] exposure start (UTC)")
+        h["MJD-AVG"] = (mid, "[d] mid-exposure MJD (UTC)")
+        h["DATE-OBS"] = (Time(start, format="mjd", scale="utc").isot, "exposure start (UTC)")
+        h["DATE-AVG"] = (Time(mid, format="mjd", scale="utc").isot, "mid-exposure (UTC)")
+        h["TIMESYS"] = "UTC"
         h["ZP"] = (cfg.zp, "[mag] AB magnitude giving 1 e-/s")
         h["FILTER"] = cfg.filter
         h["SATURATE"] = (cfg.saturation_e / cfg.gain, "[ADU] saturation level")
@@ -449,7 +458,17 @@ class FieldSimulation:
         return t
 
 
-def simulate_field(cfg: FieldSimConfig) -> FieldSimulation:
+def simulate_field(cfg: FieldSimConfig | None = None, **overrides) -> FieldSimulation:
+    """A CSST-like dense field (catalogue, PSF, variables) ready to render epochs in memory:
+    ``sim = simulate_field(size=256, seed=1); img, mask, header = sim.render_epoch(0)`` (electrons, the
+    header as written to FITS). Keys of :class:`FieldSimConfig` may be given as keyword arguments;
+    :func:`simulate_field_to_disk` writes frames and truth instead."""
+    if cfg is None:
+        cfg = FieldSimConfig()
+    if overrides:
+        from skyvar.utils.config import config_from_dotlist
+
+        cfg = config_from_dotlist(FieldSimConfig, base={**dataclasses.asdict(cfg), **overrides})
     return FieldSimulation(cfg)
 
 

@@ -163,8 +163,10 @@ def validate(cfg: FieldSimConfig | None = None, out_dir: str | None = None) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
+    from skyvar.utils.cli import parse_args
+
     argv = sys.argv[1:] if argv is None else argv
-    out = next((a.split("=", 1)[1] for a in argv if a.startswith("out_dir=")), "docs/figures/sim")
+    out = parse_args(argv, allowed=["out_dir"], what="skyvar validate-sim").kv.get("out_dir", "docs/figures/sim")
     res = validate(out_dir=out)
     import json
 

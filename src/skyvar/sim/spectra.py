@@ -657,12 +657,12 @@ def main(overrides: list[str]) -> int:
 def resolve_paths(cfg: SpectraSimConfig) -> SpectraSimConfig:
     """Resolve ``${oc.env:SKYVAR_SHARED,../shared}``-style interpolations in the optional template and
     noise directories (None, the default, means the data shipped with the package)."""
-    import os
-
     from omegaconf import OmegaConf
 
-    root = Path(os.environ.get("SKYVAR_ROOT", "."))
-    shared_default = os.environ.get("SKYVAR_SHARED") or str((root / ".." / "shared").resolve())
+    from skyvar.paths import shared_dir
+
+    sd = shared_dir()
+    shared_default = str(sd) if sd else "/nonexistent-shared"
     out = {}
     for k in ("redrock_dir", "bosz_dir", "noise_reference_dir"):
         v = getattr(cfg, k)

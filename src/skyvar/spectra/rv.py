@@ -53,6 +53,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from skyvar.flags import RVFlag
 from skyvar.spectra.continuum import normalize
 from skyvar.spectra.resample import resample_linear
 from skyvar.spectra.spectrum import Spectrum
@@ -66,13 +67,14 @@ WINDOWS = {"R": (6400.0, 6700.0), "B": (5000.0, 5300.0)}  # paper §4, Å
 GRID_RANGES = {"R": (6300.0, 6840.0), "B": (4900.0, 5370.0)}  # common-grid coverage per arm, Å
 BIG_VAR = 1e8  # variance given to masked pixels (normalised flux units)
 
-FLAG_EDGE = 1  # coarse peak at the edge of +-v_max; rv NaN (no velocity)
-FLAG_FIT = 2  # Gaussian fit failed (no peak); rv and rv_err NaN
-FLAG_BROAD = 4  # likelihood wider than the fit grid allows; rv_err is a lower limit
-FLAG_FEW_PIXELS = 8  # too few usable pixels in the window; rv NaN
-FLAG_REFERENCE = 16  # the star's reference spectrum compared with itself (rv = 0 by construction)
-FLAG_WEAK_PEAK = 32  # likelihood peak not significant (ln p above the best value away from it < min_peak_dlnp); rv NaN
-FLAG_LOW_SNR = 64  # exposure S/N below the pipeline's min_snr (paper: 5); not measured, rv NaN
+# bits of ``flag`` (the registry skyvar.flags.RVFlag; `skyvar flags rv` decodes them)
+FLAG_EDGE = int(RVFlag.EDGE)  # coarse peak at the edge of +-v_max; rv NaN (no velocity)
+FLAG_FIT = int(RVFlag.FIT)  # Gaussian fit failed (no peak); rv and rv_err NaN
+FLAG_BROAD = int(RVFlag.BROAD)  # likelihood wider than the fit grid allows; rv_err is a lower limit
+FLAG_FEW_PIXELS = int(RVFlag.FEW_PIXELS)  # too few usable pixels in the window; rv NaN
+FLAG_REFERENCE = int(RVFlag.REFERENCE)  # the star's reference compared with itself (rv = 0 by construction)
+FLAG_WEAK_PEAK = int(RVFlag.WEAK_PEAK)  # likelihood peak not significant; rv NaN
+FLAG_LOW_SNR = int(RVFlag.LOW_SNR)  # exposure S/N below the pipeline's min_snr (paper: 5); rv NaN
 NO_VELOCITY = FLAG_EDGE | FLAG_FIT | FLAG_FEW_PIXELS | FLAG_WEAK_PEAK | FLAG_LOW_SNR
 
 

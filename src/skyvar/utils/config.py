@@ -51,3 +51,23 @@ def build_dataclass(_cls_: str, **kwargs: Any):
     mod, _, name = _cls_.rpartition(".")
     cls = getattr(importlib.import_module(mod), name)
     return config_from_dotlist(cls, base=kwargs)
+
+
+def compose_config(config_name: str = "train", overrides: list[str] | None = None):
+    """Compose one of skyvar's shipped configs (``train``, ``infer``, ``eval``) outside a Hydra app,
+    e.g. to build a DataModule from ``data=<name>`` in library code or a notebook.
+
+    ``${hydra:...}`` interpolations are not available here; pass ``paths.output_dir=...`` when a
+    config needs it."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    import skyvar.paths  # noqa: F401  (registers ${skyvar_path:...})
+
+    gh = GlobalHydra.instance()
+    was = gh.is_initialized()
+    if was:
+        gh.clear()
+    with initialize_config_module("skyvar.conf", version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides or []))
+    return cfg

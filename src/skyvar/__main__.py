@@ -1,0 +1,7 @@
+"""``python -m skyvar ...`` is the ``skyvar`` command."""
+
+import sys
+
+from skyvar.cli import main
+
+sys.exit(main())
