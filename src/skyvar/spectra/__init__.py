@@ -5,9 +5,9 @@ Units and conventions: wavelengths in Å (air or vacuum stated by ``Spectrum.vac
 vacuum), flux in the file's units, inverse variance in 1/flux², masks True = bad, velocities in km/s
 (positive = redshift), times MJD (UTC, mid-exposure) / BJD_TDB as named in ``meta``.
 
->>> from skyvar.spectra import read_lrs, preprocess
+>>> from skyvar.spectra import read_lrs, preprocess_spectra
 >>> s = read_lrs("spec-55859-F5902_sp05-172.fits.gz")     # doctest: +SKIP
->>> batch = preprocess([s])                              # doctest: +SKIP
+>>> batch = preprocess_spectra([s])                           # doctest: +SKIP
 >>> s.to_specutils()                                     # doctest: +SKIP
 
 Objects are imported lazily (``import skyvar.spectra`` does not import torch).
@@ -29,7 +29,7 @@ _API = {
     "read_mrs": "skyvar.spectra.mrs",
     "MRSReadError": "skyvar.spectra.mrs",
     # preprocessing for the binary CNN
-    "preprocess": "skyvar.spectra.preprocess",
+    "preprocess_spectra": "skyvar.spectra.preprocess",
     "Preprocessor": "skyvar.spectra.preprocess",
     "PreprocessConfig": "skyvar.spectra.preprocess",
     "PreprocessedBatch": "skyvar.spectra.preprocess",

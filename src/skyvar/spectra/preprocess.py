@@ -172,11 +172,11 @@ class PreprocessedBatch:
         return x.astype(np.float32)
 
 
-def preprocess(spectra, config: PreprocessConfig | dict | None = None, device: str = "cpu",
+def preprocess_spectra(spectra, config: PreprocessConfig | dict | None = None, device: str = "cpu",
                names=None) -> PreprocessedBatch:
     """Prepare spectra for the binary-star CNN: masks, resampling onto the log-λ grid [Å, vacuum] and the
     Ho et al. (2017) normalisation (see the module docstring); rejected spectra are listed in
-    ``failures`` with the reason. The entry point of the public API (``skyvar.spectra.preprocess``);
+    ``failures`` with the reason. The entry point of the public API (``skyvar.spectra.preprocess_spectra``);
     for many batches build one :class:`Preprocessor` and call it (its smoothing kernel is reused)."""
     return Preprocessor(config, device=device)(list(spectra), names=names)
 
