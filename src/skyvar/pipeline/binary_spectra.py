@@ -351,6 +351,7 @@ class EvalConfig:
     linear_baseline: bool = True  # logistic regression on the same inputs (a floor for the CNN)
     compare_checkpoints: list = dataclasses.field(default_factory=list)  # e.g. the previous release, same test data
     oracle_n: int = 0  # spectra per class for the template-fit ceiling (0: skip; ~1 s per spectrum)
+    oracle_json: str | None = None  # or a ceiling computed earlier (template_fit_ceiling output)
     real_input: str | None = "${oc.env:SKYVAR_SHARED,../shared}/data/spectra/lamost_lrs"
 
 
@@ -378,6 +379,32 @@ def _scores(model, dm, device: str) -> dict:
     for split in ("val", "test", "eval"):
         x = dm.inputs(split) if pre.get("continuum_channel") else dm.arrays(split)[0]
         out[split] = (predict_logits(model, x, device=device), dm.arrays(split)[1])
+    return out
+
+
+def _scores_direct(model, dm, device: str, chunk: int = 2000) -> dict:
+    """:func:`_scores` for a model whose preprocessing differs from the data module's cache: the raw
+    simulated spectra of the val, test and eval splits are preprocessed with the model's own settings
+    (rejected spectra get no score and are dropped from its rows)."""
+    from skyvar.spectra.preprocess import Preprocessor
+
+    pre = Preprocessor(dict(model.hparams.preprocess or {}), device=device)
+    wave = np.load(dm.sim_dir / "wavelength.npy")
+    flux = np.load(dm.sim_dir / "flux.npy", mmap_mode="r")
+    ivar = np.load(dm.sim_dir / "ivar.npy", mmap_mode="r")
+    am = np.load(dm.sim_dir / "andmask.npy", mmap_mode="r")
+    out = {}
+    for split in ("val", "test", "eval"):
+        rows = dm.rows(split)
+        logits, kept = [], []
+        for s in range(0, len(rows), chunk):
+            r = rows[s:s + chunk]
+            b = pre.from_arrays(wave, flux[r], ivar[r], am[r] != 0)
+            x = b.model_input() if pre.cfg.continuum_channel else b.flux
+            logits.append(predict_logits(model, x, device=device))
+            kept.append(r[b.index])
+        kept = np.concatenate(kept)
+        out[split] = (np.concatenate(logits), dm.meta.loc[kept].reset_index(drop=True))
     return out
 
 
@@ -479,19 +506,19 @@ def evaluate(cfg: EvalConfig) -> dict:
     comparisons = {}
     for ck in cfg.compare_checkpoints:
         m2 = load_specnet(ck, map_location=device)
-        dm2 = _datamodule(cfg, dict(m2.hparams.preprocess or {}))
-        dm2.setup()
-        sc2 = _scores(m2, dm2, device)
+        sc2 = _scores_direct(m2, dm, device)
         T2 = fit_temperature(sc2["val"][0], sc2["val"][1]["label"].to_numpy())
         y2 = sc2["test"][1]["label"].to_numpy().astype(bool)
         comparisons[ck] = {"auc_test": auroc(softmax_p1(sc2["test"][0]), y2), **_regimes(sc2, T2, min(cfg.n_boot, 300))}
         if cfg.real_input:
             comparisons[ck]["real_lamost"] = _real_run(cfg, ck)
-            comparisons[ck]["domain_gap"] = _domain_gap(cfg, m2, dm2, comparisons[ck]["real_lamost"], device)
+            comparisons[ck]["domain_gap"] = _domain_gap(cfg, m2, dm, comparisons[ck]["real_lamost"], device)
     if comparisons:
         res["comparisons"] = comparisons
     if cfg.oracle_n:
         res["oracle"] = template_fit_ceiling(dm, cfg.oracle_n)
+    elif cfg.oracle_json:
+        res["oracle"] = json.loads(Path(cfg.oracle_json).read_text())
     _figures(Path(cfg.fig_dir), p, pc, yt, th, prec, q_edges, frac_q, fpr, tpr, res)
     if cfg.linear_baseline:
         res["linear_baseline_auc"] = linear_baseline_auc(dm, *dm.arrays("test"))
@@ -587,11 +614,18 @@ def _domain_gap(cfg: EvalConfig, model, dm, real_rows: list | None, device: str)
     s_tr = tr[(meta["subset"].to_numpy()[tr] == "single")][:3000]
     s_te = te[(meta["subset"].to_numpy()[te] == "single")]
 
-    def inputs(rows):
-        x = dm._flux[rows].astype(np.float32)[:, None, :] - 1.0
-        if pre.cfg.continuum_channel:
-            x = np.concatenate([x, dm._logcont[rows].astype(np.float32)[:, None, :]], axis=1)
-        return x
+    wave_sim = np.load(dm.sim_dir / "wavelength.npy")
+    flux_sim = np.load(dm.sim_dir / "flux.npy", mmap_mode="r")
+    ivar_sim = np.load(dm.sim_dir / "ivar.npy", mmap_mode="r")
+    am_sim = np.load(dm.sim_dir / "andmask.npy", mmap_mode="r")
+
+    def inputs(rows):  # the model's own preprocessing of the raw simulated spectra
+        out = []
+        for s0 in range(0, len(rows), 2000):
+            r = rows[s0:s0 + 2000]
+            bb = pre.from_arrays(wave_sim, flux_sim[r], ivar_sim[r], am_sim[r] != 0)
+            out.append(bb.model_input() if pre.cfg.continuum_channel else (bb.flux - 1.0)[:, None, :])
+        return np.concatenate(out)
 
     f_fit = penultimate_features(model, inputs(s_tr), device=device)
     f_ref = penultimate_features(model, inputs(s_te), device=device)
