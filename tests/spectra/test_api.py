@@ -30,3 +30,17 @@ def test_to_specutils_roundtrip():
     b = sp.preprocess_spectra([s])
     bu = b.to_specutils()
     assert bu.flux.shape == b.flux.shape and bu.meta["normalised"]
+
+
+def test_auroc_on_unbounded_scores_matches_sklearn():
+    """χ² values and logit differences are not probabilities: the AUC must not saturate (torchmetrics
+    would apply a sigmoid to them)."""
+    from sklearn.metrics import roc_auc_score
+
+    from skyvar.spectra.binary_eval import auroc
+
+    rng = np.random.default_rng(0)
+    y = rng.random(500) < 0.3
+    s = rng.normal(0, 1, 500) + 1.0 * y
+    for scale in (1.0, 100.0, 1e4):
+        assert auroc(s * scale + 50, y) == pytest.approx(roc_auc_score(y, s), abs=1e-6)

@@ -22,14 +22,21 @@ LR_EDGES = (0.0, 0.1, 0.3, 0.6, 1.0001)  # V-band light ratio F2 / F1
 
 
 def auroc(score, label) -> float:
-    """ROC AUC (torchmetrics BinaryAUROC); NaN when only one class is present."""
+    """ROC AUC (torchmetrics BinaryAUROC) of any monotone score; NaN when only one class is present.
+
+    torchmetrics reads scores outside [0, 1] as logits and applies a sigmoid, which saturates (ties) for
+    scores beyond ~±17 (χ² values, large logit differences): the scores are first replaced by their ranks
+    scaled into (0, 1), which keeps the order (and the ties) exactly."""
     import torch
+    from scipy.stats import rankdata
     from torchmetrics.functional.classification import binary_auroc
 
     y = np.asarray(label).astype(int)
-    if y.min() == y.max():
+    if len(y) == 0 or y.min() == y.max():
         return float("nan")
-    return float(binary_auroc(torch.as_tensor(np.asarray(score, dtype=np.float64)), torch.as_tensor(y)))
+    s = np.asarray(score, dtype=np.float64)
+    r = rankdata(s) / (len(s) + 1.0)
+    return float(binary_auroc(torch.as_tensor(r), torch.as_tensor(y)))
 
 
 def ece(p, label, n_bins: int = 15) -> float:
