@@ -44,3 +44,18 @@ def test_auroc_on_unbounded_scores_matches_sklearn():
     s = rng.normal(0, 1, 500) + 1.0 * y
     for scale in (1.0, 100.0, 1e4):
         assert auroc(s * scale + 50, y) == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+
+
+def test_group_stars_positions_and_repeats():
+    """Friends of friends within 3 arcsec; NaN positions are their own stars; 100 000 spectra of 200
+    positions (repeated catalogue coordinates) group in a fraction of a second (no m^2 pairs)."""
+    from skyvar.spectra.stars import group_stars
+
+    ra = np.array([10, 10, 50, 10 + 1 / 3600, np.nan, 50, 70.0, 70.0 + 2.5 / 3600, 70.0 + 5 / 3600])
+    dec = np.array([0, 0, 0, 0, np.nan, 0, 0.0, 0.0, 0.0])
+    assert group_stars(ra, dec, 3.0).tolist() == [0, 0, 1, 0, 2, 1, 3, 3, 3]  # chained within 3"
+    rng = np.random.default_rng(0)
+    r = np.repeat(rng.uniform(0, 360, 200), 500)
+    d = np.repeat(rng.uniform(-10, 60, 200), 500)
+    g = group_stars(r, d)
+    assert len(np.unique(g)) == 200 and np.all(g[::500] == np.arange(200))

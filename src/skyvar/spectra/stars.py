@@ -21,7 +21,24 @@ def group_stars(ra, dec, radius_arcsec: float = 3.0) -> np.ndarray:
     n = len(ra)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    ok = np.isfinite(ra) & np.isfinite(dec)
+    ok_all = np.isfinite(ra) & np.isfinite(dec)
+    if ok_all.sum() > 1:
+        # Repeated observations usually carry identical input-catalogue coordinates: link the distinct
+        # positions only (a star with m spectra would otherwise cost m^2 neighbour pairs)
+        pos = np.stack([ra[ok_all], dec[ok_all]], axis=1)
+        uniq, inv = np.unique(pos, axis=0, return_inverse=True)
+        if len(uniq) < ok_all.sum():
+            sub = group_stars(uniq[:, 0], uniq[:, 1], radius_arcsec)
+            lab = np.full(n, -1, dtype=np.int64)
+            lab[ok_all] = sub[inv.ravel()]
+            nxt = sub.max() + 1 if len(sub) else 0
+            lab[~ok_all] = nxt + np.arange(int((~ok_all).sum()))
+            _, first = np.unique(lab, return_index=True)
+            order = np.argsort(first)
+            remap = np.empty(len(order), dtype=np.int64)
+            remap[np.unique(lab)[order] - lab.min()] = np.arange(len(order))
+            return remap[lab - lab.min()]
+    ok = ok_all
     rows, cols = [np.arange(n)], [np.arange(n)]
     if ok.sum() > 1:
         import astropy.units as u
