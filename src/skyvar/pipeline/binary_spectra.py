@@ -853,28 +853,43 @@ def _figures(fig_dir: Path, p, pc, yt, th, prec, q_edges, frac_q, fpr, tpr, res)
     ax[1].set_title("reliability (test set, 18:1 prior)")
     savefig_atomic(fig, fig_dir / "roc_calibration.png")
     plt.close(fig)
-    # AUC per |Δv| bin on the realistic population (this model, compared models, template-fit ceiling)
-    if "regimes_population" in res:
-        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-        curves = [("this model", res["regimes_population"])]
-        curves += [(Path(k).stem, v["regimes_population"]) for k, v in res.get("comparisons", {}).items()]
-        if "oracle" in res:
-            curves.append(("template-fit ceiling", res["oracle"]))
+    _figure_regimes(fig_dir, res)
+
+
+def _figure_regimes(fig_dir: Path, res: dict) -> None:
+    """AUC per |Δv| and light-ratio bin on the realistic population: this model, compared models and the
+    single-template χ² reference (``python -m skyvar.pipeline.binary_spectra evaluate`` writes it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from skyvar.utils.atomic import savefig_atomic
+
+    if "regimes_population" not in res:
+        return
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    curves = [("this model", res["regimes_population"])]
+    curves += [(Path(k).stem, v["regimes_population"]) for k, v in res.get("comparisons", {}).items()]
+    if "oracle" in res:
+        curves.append(("best single-template χ² (library incl. true templates)", res["oracle"]))
+    for a_, key in ((ax[0], "by_dv"), (ax[1], "by_light_ratio")):
+        names = [r["bin"] for r in res["regimes_population"][key]]
         for name, reg in curves:
-            for a_, key in ((ax[0], "by_dv"), (ax[1], "by_light_ratio")):
-                rows = [r for r in reg[key] if "auc" in r]
-                a_.errorbar(range(len(rows)), [r["auc"] for r in rows],
-                            yerr=np.abs(np.array([r["auc_ci95"] for r in rows]).T - [r["auc"] for r in rows]),
-                            marker="o", capsize=3, label=name)
-                a_.set_xticks(range(len(rows)), [r["bin"] for r in rows], rotation=30, fontsize=7)
-        for a_, t in ((ax[0], "|Δv| bin"), (ax[1], "light ratio F2/F1 (V)")):
-            a_.axhline(0.8, color="0.6", ls=":")
-            a_.axhline(0.5, color="0.8")
-            a_.set(xlabel=t, ylabel="AUC vs test singles", ylim=(0.4, 1.02))
-        ax[0].legend(fontsize=7)
-        fig.tight_layout()
-        savefig_atomic(fig, fig_dir / "auc_by_regime.png")
-        plt.close(fig)
+            rows = [r for r in reg[key] if "auc" in r]
+            xs = [names.index(r["bin"]) for r in rows]
+            a_.errorbar(xs, [r["auc"] for r in rows],
+                        yerr=np.abs(np.array([r["auc_ci95"] for r in rows]).T - [r["auc"] for r in rows]),
+                        marker="o", capsize=3, label=name)
+        a_.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
+    for a_, t in ((ax[0], "|Δv| bin"), (ax[1], "light ratio F2/F1 (V)")):
+        a_.axhline(0.8, color="0.6", ls=":")
+        a_.axhline(0.5, color="0.8")
+        a_.set(xlabel=t, ylabel="AUC vs test singles", ylim=(0.4, 1.02))
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    savefig_atomic(fig, fig_dir / "auc_by_regime.png")
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
