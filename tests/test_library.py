@@ -241,7 +241,7 @@ def test_lightcurve_object_folds_plots_and_round_trips_timeseries(tmp_path):
     f = clean.fold(1.7)
     assert np.all(np.diff(f.phase) >= 0) and f.period == 1.7
     # folded at the true period the curve is a clean sinusoid in phase
-    model = 18 + 0.3 * np.sin(2 * np.pi * (f.phase * 1.7 + t.min()) / 1.7)
+    model = 18 + 0.3 * np.sin(2 * np.pi * (f.phase * 1.7 + clean.time.min()) / 1.7)
     assert np.std(f.mag - model) < 0.02
     fig = f.plot()
     assert fig.axes[0].yaxis_inverted()

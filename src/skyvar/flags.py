@@ -75,6 +75,7 @@ class IndexFlag(enum.IntFlag):
     ZERO_SCATTER = 1 << 21  #: all valid magnitudes equal: moments and inv_eta undefined
     ITER_NOT_CONVERGED = 1 << 22  #: iter_std hit max_clip_iters before converging
     NO_ERRORS = 1 << 23  #: mag_err not given: Q, Q1, Q2 are NaN
+    QUANTISED = 1 << 24  #: magnitudes on a grid whose one step gives Q >= 1: Q, Q1, Q2 measure the rounding
 
 
 class ViewFlag(enum.IntFlag):

@@ -6,7 +6,7 @@ from scipy import special as sp
 
 from skyvar.lightcurves.batch import LightCurveBatch
 from skyvar.lightcurves.flares import FlareSearch, detrend_runs, flare_fdr, flare_statistics, ki1, log_ki1
-from skyvar.lightcurves.runs import FLAG_NONFINITE, FLAG_TOO_SHORT, FLAG_UNSORTED
+from skyvar.lightcurves.runs import FLAG_DEGENERATE, FLAG_NONFINITE, FLAG_TOO_SHORT, FLAG_UNSORTED
 from skyvar.sim.wfst import davenport_flare
 
 
@@ -199,3 +199,40 @@ def test_finalize_reads_side_tables_after_resume_or_in_another_process(tmp_path)
     # a feature table without some light curves ignores their (stale) side tables
     sub = fresh.finalize(feats.iloc[:100].reset_index(drop=True), tmp_path)
     assert len(sub) == 100 and pd.read_parquet(tmp_path / "flare_runs.parquet").source_id.max() < 100
+
+
+def test_constant_saturated_and_rounded_curves_are_never_flares(tmp_path):
+    """Issue 15 §3: a zero-scatter run once gave log10 FDR = -10.9 from round-off in the detrended IQR."""
+    rng = np.random.default_rng(11)
+    t, m = _runs(rng, 300, n_runs=1)  # honest 0.01-mag noise, errors 0.01
+    m[0] = 15.0  # exactly constant
+    m[1] = 11.234  # saturated: pinned at the saturation level ...
+    m[1, ::7] = 11.236  # ... with a few points one step off
+    m[2] = np.round(15.04 + 0.01 * rng.normal(size=m.shape[1]), 1)  # rounded to 0.1 mag: ~16 % jump a step
+    m[3] = np.round(16 + 0.01 * rng.normal(size=m.shape[1]), 2)  # 0.01-mag grid, comparable to the noise
+    flux = 3.0 * davenport_flare((t[4] - t[4, 120]) / (10 / 1440))
+    m[4] = np.round(16 + 0.01 * rng.normal(size=m.shape[1]) - 2.5 * np.log10(1 + flux), 1)  # a flare, rounded
+    b = _batch(t, m)
+    b.mag_err[1] = 0.002
+    st = flare_statistics(b)
+    for i in (0, 1, 2):
+        assert st.ok[i] and st.log10_fdr[i] > -1, (i, st.log10_fdr[i], st.sigma_dtr[i])
+    assert st.sigma_dtr[0] == pytest.approx(0.005) and st.sigma_dtr[2] == pytest.approx(0.1)
+    assert st.log10_fdr[3] > -3  # fine rounding: an ordinary noisy curve
+    assert st.log10_fdr[4] < -6  # a real flare of many quanta still stands out
+    # without errors and without any non-zero difference the scatter is undefined: NaN and flagged
+    b0 = _batch(t[:1], m[:1], err=np.nan)
+    st0 = flare_statistics(b0)
+    assert not st0.ok[0] and np.isnan(st0.log10_fdr[0])
+    out = FlareSearch()(b0)
+    assert out.flare_flag[0] & FLAG_DEGENERATE and not out.flare_candidate[0]
+    # through the stage with the population calibration: none of them is a candidate
+    stage = FlareSearch(plots=False)
+    out = stage(b, tmp_path)
+    feats = stage.finalize(pd.concat([pd.DataFrame({"source_id": b.source_id, "band": b.band}), out], axis=1),
+                           tmp_path)
+    assert not feats.flare_candidate[:3].any() and feats.flare_candidate[4]
+    # the floor does not touch honest light curves: same statistic as the bare IQR normalisation
+    free = flare_statistics(b, sigma_floor_err=0.0, sigma_floor_quantum=0.0, min_sigma=0.0)
+    np.testing.assert_allclose(st.log10_fdr[5:], free.log10_fdr[5:], rtol=1e-12)
+    assert free.log10_fdr[0] < -6  # what the floor prevents: round-off read as a flare

@@ -279,3 +279,33 @@ def test_chunking_does_not_change_results():
     b = variability_indices(mag, err, chunk_elements=100)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_coarse_rounding_is_flagged_not_hidden():
+    """Issue 15 §3: a constant star rounded to 0.1 mag with 0.01-mag errors has Q2 ~ 7 from one grid step."""
+    from skyvar.lightcurves.indices import FLAG_QUANTISED, decode_flag
+
+    rng = np.random.default_rng(4)
+    n = 200
+    m = np.stack([np.round(15.04 + 0.01 * rng.normal(size=n), 1),  # 0.1-mag grid, noise 0.01
+                  np.round(15.0 + 0.01 * rng.normal(size=n), 2),  # 0.01-mag grid: one step < the errors
+                  15.0 + 0.01 * rng.normal(size=n)])  # continuous
+    err = np.full_like(m, 0.01)
+    res = variability_indices(m, err)
+    flags = res["flag"].astype(int)
+    assert flags[0] & FLAG_QUANTISED and "quantised" in decode_flag(flags[0])
+    assert res["Q2"][0] == pytest.approx(0.1 / np.hypot(0.01, 0.01))  # the value is kept
+    assert not flags[1] & FLAG_QUANTISED and not flags[2] & FLAG_QUANTISED
+    t = variability_indices(torch.as_tensor(m), torch.as_tensor(err))
+    np.testing.assert_array_equal(t["flag"].numpy(), flags)
+    # a few widely spread points with small errors have wide gaps but no ties: not a grid
+    sparse = variability_indices(15 + rng.normal(0, 1.0, 8), np.full(8, 0.002))
+    assert not int(sparse["flag"]) & FLAG_QUANTISED
+
+
+def test_index_flags_match_the_registry():
+    from skyvar import flags
+    from skyvar.lightcurves import indices
+
+    for name in ("BAD_POINTS", "ZERO_SCATTER", "ITER_NOT_CONVERGED", "NO_ERRORS", "QUANTISED"):
+        assert getattr(indices, f"FLAG_{name}") == int(getattr(flags.IndexFlag, name))

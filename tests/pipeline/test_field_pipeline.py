@@ -87,7 +87,11 @@ def test_end_to_end_candidates_and_evaluation(first_run, sim):
     assert (out / "eval_classification" / "metrics.json").exists()
     for p in ("plots/scatter_vs_mag.png", "eval_lightcurves/scatter_vs_mag.png", "eval_detection/fig7_f1.png"):
         assert (out / p).stat().st_size > 1000, p
-    assert json.loads((out / "failures.json").read_text()) == []
+    # nothing failed; light curves with no usable point (every epoch flagged, e.g. saturated) are named
+    # per source and band by the light-curve pipeline's cleaning verdicts (issue 15), not failures of a step
+    fails = json.loads((out / "failures.json").read_text())
+    assert [f for f in fails if f.get("step") != "clean"] == []
+    assert all("source_id" in f and "masked by flags" in f["reason"] for f in fails)
 
 
 def test_rerun_reuses_every_stage(first_run, sim):
@@ -117,7 +121,8 @@ def test_bad_frame_is_reported_with_stage_and_file(sim, tmp_path):
     (frames / "frame_0013.fits").write_bytes(b"not a FITS file at all" * 10)
     out = tmp_path / "run"
     s = _pipeline(out, sim, frames=frames, plots=False).run()
-    fails = json.loads((out / "failures.json").read_text())
+    # (light curves rejected by cleaning are listed too, by source and band: step "clean")
+    fails = [f for f in json.loads((out / "failures.json").read_text()) if f.get("step") != "clean"]
     files = {f["file"] for f in fails}
     assert str(bad) in files and str(frames / "frame_0013.fits") in files
     assert all(f["stage"] == "photometry" and f["error"] for f in fails)

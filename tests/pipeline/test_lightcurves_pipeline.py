@@ -113,11 +113,14 @@ def test_stage_interface_masking_and_resume(tmp_path):
                             stages=[IndicesStage(plots=False), RecordingStage(factor=2.0)], progress=False).run()
     assert s3["n_partitions_computed"] == 2
     assert (read_features(out).rec_npts == 2 * f.n_good).all()
-    # A stage breaking the contract fails its partitions, reported, without stopping the run.
+    # A stage breaking the contract loses its own columns, reported per curve; the others keep theirs.
     s4 = LightCurvePipeline(input=str(tmp_path / "store"), out_dir=str(tmp_path / "o4"),
-                            stages=[BadStage()], progress=False).run()
+                            stages=[IndicesStage(plots=False), BadStage()], progress=False).run()
     fails = json.loads((tmp_path / "o4" / "failures.json").read_text())
-    assert s4["n_failed"] == 2 and "expected a DataFrame with" in fails[0]["error"]
+    assert s4["n_stage_error_curves"] == 120 and s4["n_failed"] == 120
+    assert len(fails) == 120 and all(f["stage"] == "bad" and "expected a DataFrame with" in f["error"] for f in fails)
+    f4 = read_features(tmp_path / "o4")
+    assert len(f4) == 120 and f4["std"].notna().all() and "x" not in f4
     with pytest.raises(ValueError, match="distinct `name`"):
         LightCurvePipeline(input="x", out_dir=str(tmp_path), stages=[RecordingStage(), RecordingStage()])
 
@@ -131,16 +134,32 @@ def test_csv_directory_with_bad_files_and_short_curves(tmp_path):
             d / f"star{s:03d}.csv", index=False)
     (d / "star999.csv").write_text("mjd,mag,magerr,band\n58000.1,15.0,0.01,g\n")  # one point
     (d / "broken.csv").write_text("mjd,mag\n\x00\x01garbage,\n")
+    # one file, three curves: all-NaN magnitudes in r (removed by cleaning), no usable errors in i, fine in g
+    (d / "mixed.csv").write_text("mjd,mag,magerr,band\n" + "".join(
+        f"{58000 + k},{15 + 0.01 * (k % 3)},0.01,g\n{58000 + k},nan,0.01,r\n{58000 + k},{15.2 + 0.01 * (k % 2)},,i\n"
+        for k in range(12)))
     out = tmp_path / "out"
     s = run_infer(["pipeline=lightcurves", f"input={d}", f"out_dir={out}", "pipeline.progress=false",
                    "pipeline.n_partitions=2", "pipeline.stages.0.plots=false", "pipeline.stages.1.plots=false"])
     f = read_features(out)
-    assert len(f) == 61 and s["n_partitions"] == 2
+    assert len(f) == 63 and s["n_partitions"] == 2
     short = f[f.source_id == "star999"].iloc[0]
     assert short.n_obs == 1 and np.isnan(short["std"]) and short.indices_flag > 0
+    assert short.reject_reason.startswith("too few points")
     assert s["cleaning"]["one_point_curves"] == 1
     fails = json.loads((out / "failures.json").read_text())
-    assert [Path(x["file"]).name for x in fails] == ["broken.csv"]
+    assert [Path(x["file"]).name for x in fails if x["stage"] == "read"] == ["broken.csv"]
+    # Every rejected light curve is named with its reason; the good curve of the same file is not.
+    rej = {(x["source_id"], x["band"]): x for x in fails if x["stage"] == "clean"}
+    assert set(rej) == {("star999", "g"), ("mixed", "r"), ("mixed", "i")}
+    assert "non-finite" in rej["mixed", "r"]["reason"] and not rej["mixed", "r"]["feature_row"]
+    assert rej["mixed", "i"]["reason"].startswith("no errors") and rej["mixed", "i"]["feature_row"]
+    assert s["n_rejected_curves"] == 3 and s["n_failed"] == 1
+    mixed = f[f.source_id == "mixed"].set_index("band")
+    assert set(mixed.index) == {"g", "i"} and mixed.loc["g", "reject_reason"] == "" and np.isfinite(mixed.loc["g", "Q"])
+    assert np.isnan(mixed.loc["i", "Q"]) and np.isfinite(mixed.loc["i", "std"])
+    # the summary keeps the cleaning messages
+    assert any("mixed.csv" in m and "no usable row" in m for m in s["cleaning"]["messages"])
 
 
 def test_partition_features_without_errors_column():
@@ -200,3 +219,44 @@ def test_infer_cli_subprocess(tmp_path, root):
                        capture_output=True, text=True, cwd=root, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(read_features(tmp_path / "out")) == 120
+
+
+class PoisonedStage:
+    """Raises whenever a given source is in its batch, like a stage meeting one pathological curve."""
+
+    name = "poisoned"
+
+    def __init__(self, bad_id):
+        self.bad_id = bad_id
+        self.calls = 0
+
+    def __call__(self, batch, out_dir):
+        self.calls += 1
+        if self.bad_id in set(np.asarray(batch.source_id).tolist()):
+            raise FloatingPointError(f"cannot handle source {self.bad_id}")
+        return pd.DataFrame({"poison_n": batch.mask.sum(1)})
+
+
+def test_a_failing_curve_loses_only_its_own_stage_columns(tmp_path):
+    df = _long(n_src=40)
+    write_store(df, tmp_path / "store", n_partitions=2)
+    stage = PoisonedStage(13)
+    out = tmp_path / "out"
+    s = LightCurvePipeline(input=str(tmp_path / "store"), out_dir=str(out), progress=False, batch_curves=50,
+                           stages=[stage, IndicesStage(plots=False)]).run()
+    f = read_features(out)
+    assert len(f) == 80 and s["n_stage_error_curves"] == 2 and s["n_failed"] == 2
+    bad = f.source_id == 13
+    assert f.loc[bad, "poison_n"].isna().all() and (f.loc[~bad, "poison_n"] == f.loc[~bad, "n_good"]).all()
+    assert f["std"].notna().all()  # the next stage still ran on every curve, the failing one included
+    assert f.loc[bad, "stage_errors"].str.contains("poisoned: FloatingPointError: cannot handle source 13").all()
+    assert (f.loc[~bad, "stage_errors"] == "").all()
+    fails = json.loads((out / "failures.json").read_text())
+    assert sorted((x["source_id"], x["band"], x["stage"]) for x in fails) == [(13, "g", "poisoned"),
+                                                                             (13, "r", "poisoned")]
+    # bisection, not one call per curve: log2(batch) levels plus the successful halves
+    assert stage.calls < 40
+    # the partition with the error is not stamped, so a rerun retries it (and only it)
+    s2 = LightCurvePipeline(input=str(tmp_path / "store"), out_dir=str(out), progress=False, batch_curves=50,
+                            stages=[PoisonedStage(13), IndicesStage(plots=False)]).run()
+    assert s2["n_partitions_computed"] == 1 and s2["n_partitions_resumed"] == 1

@@ -13,7 +13,14 @@ Lin et al. (2022a, TMTS):
    limitation the paper notes for its "energetic" flares. ``base_period`` (days) or
    ``base_period_factor`` override it.
 2. **Normalisation** (eq. 2): ``V_i = (median(m_dtr) - m_dtr,i) / sigma_dtr`` with the robust standard
-   deviation ``sigma_dtr = IQR / 1.349``; positive ``V`` is brighter.
+   deviation ``sigma_dtr = IQR / 1.349``; positive ``V`` is brighter. Not in the paper: ``sigma_dtr`` is
+   floored at ``sigma_floor_err`` times the run's median reported error and at ``sigma_floor_quantum``
+   times the magnitude quantisation step (the smallest non-zero difference between the run's
+   magnitudes), because an exactly constant, saturated (pinned) or coarsely rounded run has a
+   detrended IQR of round-off (~1e-15 mag) or zero, and dividing by it turned round-off into
+   phi_VV ~ 27 (log10 FDR = -10.9) for a constant curve. A one-quantum step is no evidence of
+   anything. A floored scatter below ``min_sigma`` (1e-6 mag: no photometry is that precise) is
+   degenerate: NaN statistics and ``FLAG_DEGENERATE``.
 3. **phi_VV** (eq. 3): ``phi_i = V_i V_{i+1}`` over consecutive points with both ``V > 0``;
    ``phi_VV,max`` per run. A run without such a pair gets ``phi_VV,max = 0``.
 4. **FDR** (eq. 4): ``FDR = 1 - [1 - Ki1(phi_max) / (2 pi)]^(N-1)``, where
@@ -204,6 +211,40 @@ class FlareStats:
     ok: np.ndarray
 
 
+def magnitude_quantum(mag: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per row, the smallest non-zero difference between valid magnitudes (NaN if all are equal).
+
+    For continuous photometry this is tiny (~ range / N^2) and irrelevant; for magnitudes rounded to
+    a grid (catalogues printing 0.01 or 0.1 mag) it is the grid step. Differences below 1e-12 of the
+    magnitude are float noise, not a step.
+    """
+    mag = np.asarray(mag, dtype=np.float64)
+    if mag.ndim != 2 or mag.shape[1] < 2:
+        return np.full(mag.shape[0] if mag.ndim == 2 else 1, np.nan)
+    srt = np.sort(np.where(mask & np.isfinite(mag), mag, np.nan), axis=1)  # NaN last
+    d = np.diff(srt, axis=1)
+    tol = 1e-12 * np.maximum(1.0, np.abs(srt[:, :-1]))
+    d = np.where(np.isfinite(d) & (d > tol), d, np.inf)
+    q = d.min(axis=1)
+    return np.where(np.isfinite(q), q, np.nan)
+
+
+def scatter_floor(seg: LightCurveBatch, err_factor: float = 0.5, quantum_factor: float = 1.0) -> np.ndarray:
+    """Per row, the smallest credible scatter (mag): ``max(err_factor * median reported error,
+    quantum_factor * magnitude quantum)``; 0 where neither is known (no errors, all values equal)."""
+    mask = np.asarray(seg.mask, dtype=bool)
+    floor = np.zeros(mask.shape[0])
+    if err_factor > 0 and seg.mag_err is not None:
+        e = np.asarray(seg.mag_err, dtype=np.float64)
+        good = mask & np.isfinite(e) & (e > 0)
+        srt = np.sort(np.where(good, e, np.nan), axis=1)
+        (med,) = row_quantiles(srt, good.sum(axis=1), (0.5,))
+        floor = np.fmax(floor, err_factor * np.nan_to_num(med, nan=0.0))
+    if quantum_factor > 0:
+        floor = np.fmax(floor, quantum_factor * np.nan_to_num(magnitude_quantum(seg.mag, mask), nan=0.0))
+    return floor
+
+
 def flare_statistics(
     seg: LightCurveBatch,
     n_fourier: int = 4,
@@ -212,12 +253,17 @@ def flare_statistics(
     base_period_factor: float = 1.0,
     clip_iterations: int = 0,
     clip_sigma: float = 3.0,
+    sigma_floor_err: float = 0.5,
+    sigma_floor_quantum: float = 1.0,
+    min_sigma: float = 1e-6,
 ) -> FlareStats:
     """Detrend each run (row of ``seg``), normalise (eq. 2), compute phi_VV,max (eq. 3) and FDR (eq. 4).
 
     ``seg`` rows must be single uninterrupted runs with valid points first (the output of
     :func:`skyvar.lightcurves.runs.split_runs`). Rows where the detrending is undetermined or the
-    robust scatter is zero get NaN (``ok`` False).
+    scatter is degenerate get NaN (``ok`` False). The robust scatter is floored by
+    :func:`scatter_floor` (``sigma_floor_err`` x median error, ``sigma_floor_quantum`` x magnitude
+    quantum); a floored scatter below ``min_sigma`` mag is degenerate.
 
     ``clip_iterations > 0`` (not in the paper, whose detrending is one fit) refits the trend without
     the points brighter than ``clip_sigma`` robust sigmas, so a large flare no longer pulls the
@@ -232,6 +278,7 @@ def flare_statistics(
         return FlareStats(e, z - 1, e, e, z, e, e, e, e, np.full((S, L), np.nan), np.full((S, L), np.nan),
                           np.zeros(S, bool))
     n = mask.sum(axis=1)
+    floor = scatter_floor(seg, sigma_floor_err, sigma_floor_quantum)
     fit_mask = mask
     for it in range(int(clip_iterations) + 1):
         model, ok = detrend_runs(time, mag, mask, n_fourier, poly_order, base_period, base_period_factor,
@@ -239,8 +286,8 @@ def flare_statistics(
         dtr = np.where(mask, mag - model, np.nan)
         srt = np.sort(dtr, axis=1)  # NaN last
         q25, med, q75 = row_quantiles(srt, n, (0.25, 0.5, 0.75))
-        sigma = (q75 - q25) / 1.3489795003921634
-        ok = ok & np.isfinite(sigma) & (sigma > 0)
+        sigma = np.fmax((q75 - q25) / 1.3489795003921634, floor)
+        ok = ok & np.isfinite(sigma) & (sigma > 0) & (sigma >= min_sigma)
         with np.errstate(invalid="ignore", divide="ignore"):
             V = (med[:, None] - dtr) / sigma[:, None]
         V[~ok] = np.nan
@@ -320,6 +367,9 @@ class FlareSearch:
         base_period_factor: float = 1.0,
         clip_iterations: int = 0,
         clip_sigma: float = 3.0,
+        sigma_floor_err: float = 0.5,
+        sigma_floor_quantum: float = 1.0,
+        min_sigma: float = 1e-6,
         fdr_threshold: float = 1e-6,
         calibrate: bool = True,
         calibration_bin: float = 0.2,
@@ -343,6 +393,9 @@ class FlareSearch:
         self.base_period_factor = float(base_period_factor)
         self.clip_iterations = int(clip_iterations)
         self.clip_sigma = float(clip_sigma)
+        self.sigma_floor_err = float(sigma_floor_err)
+        self.sigma_floor_quantum = float(sigma_floor_quantum)
+        self.min_sigma = float(min_sigma)
         self.fdr_threshold = float(fdr_threshold)
         self.calibrate = bool(calibrate)
         self.calibration_bin = float(calibration_bin)
@@ -369,7 +422,8 @@ class FlareSearch:
         clean, row_flags = clean_batch(batch)
         segs = split_runs(clean, gap=self.run_gap, min_points=self.min_epochs, clean=False)
         st = flare_statistics(segs.batch, self.n_fourier, self.poly_order, self.base_period, self.base_period_factor,
-                              self.clip_iterations, self.clip_sigma)
+                              self.clip_iterations, self.clip_sigma, self.sigma_floor_err, self.sigma_floor_quantum,
+                              self.min_sigma)
         inv_eta, med_mag, asym = _inv_eta_and_asymmetry(segs.batch)
         runs = pd.DataFrame({
             "row": segs.parent,
@@ -384,6 +438,7 @@ class FlareSearch:
             "t_flare": st.t_flare,
             "flare_v_peak": st.v_peak,
             "log10_fdr": st.log10_fdr,
+            "sigma_dtr": st.sigma_dtr,
             "inv_eta": inv_eta,
             "asymmetry": asym,
             "degenerate": ~st.ok,

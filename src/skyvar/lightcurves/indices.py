@@ -49,7 +49,9 @@ Also returned: ``n_points`` (valid points used), ``mean``, ``median`` and ``flag
 Points whose magnitude is not finite, or whose error is not finite or not positive, are left out of
 every index and set :data:`FLAG_BAD_POINTS`. An index needing more points than a light curve has
 (:data:`MIN_POINTS`) is NaN and sets its own bit ``FLAG_TOO_FEW[name]``; a light curve with zero
-scatter gives NaN kurtosis/skewness/inv_eta and sets :data:`FLAG_ZERO_SCATTER`. Nothing raises for
+scatter gives NaN kurtosis/skewness/inv_eta and sets :data:`FLAG_ZERO_SCATTER`; magnitudes on a grid
+whose one step already makes ``Q >= 1`` (rounded to 0.1 mag with 0.01-mag errors, say) set
+:data:`FLAG_QUANTISED` (values kept: the Q family then measures the rounding). Nothing raises for
 short, empty or constant light curves. :func:`decode_flag` turns a flag into names.
 
 Speed: one sort per row (argsort, for the errors of the extreme points) plus one for the MAD; on CPU
@@ -83,6 +85,7 @@ FLAG_BAD_POINTS = 1 << 20  # non-finite magnitudes / non-finite or non-positive 
 FLAG_ZERO_SCATTER = 1 << 21  # all valid magnitudes equal: moments and inv_eta undefined
 FLAG_ITER_NOT_CONVERGED = 1 << 22  # iter_std hit max_clip_iters before converging
 FLAG_NO_ERRORS = 1 << 23  # mag_err not given: Q, Q1, Q2 are NaN
+FLAG_QUANTISED = 1 << 24  # magnitudes on a grid whose step gives Q >= 1 by itself (skyvar.flags.IndexFlag)
 
 IQR_TO_SIGMA = 1.3489795003921634
 # CPU tensors take numpy's faster sorts and isfinite; False forces the pure-torch (GPU) code paths.
@@ -94,7 +97,8 @@ def decode_flag(flag: int) -> list[str]:
     flag = int(flag)
     out = [f"too_few_points:{n}" for n, b in FLAG_TOO_FEW.items() if flag & b]
     for bit, name in ((FLAG_BAD_POINTS, "bad_points_dropped"), (FLAG_ZERO_SCATTER, "zero_scatter"),
-                      (FLAG_ITER_NOT_CONVERGED, "iter_std_not_converged"), (FLAG_NO_ERRORS, "no_errors")):
+                      (FLAG_ITER_NOT_CONVERGED, "iter_std_not_converged"), (FLAG_NO_ERRORS, "no_errors"),
+                      (FLAG_QUANTISED, "quantised")):
         if flag & bit:
             out.append(name)
     return out
@@ -302,6 +306,18 @@ def _indices_chunk(m, e, valid, names, clip_sigma, max_iters) -> dict[str, torch
         e_lo = _take(e, _take(order, lo_pos))
         e_hi = _take(e, _take(order, hi_pos))
         out[name] = (_take(s, hi_pos) - _take(s, lo_pos)).abs() / torch.sqrt(e_lo * e_lo + e_hi * e_hi)
+        if k == 0 and L > 1:
+            # Coarsely rounded magnitudes (0.1-mag catalogues, saturated cores): one grid step alone
+            # reaches Q >= 1, so Q-type values measure the rounding, not the star. Flag, keep the value.
+            # A grid shows as repeated values (>= 20 % of neighbours equal); sparse continuous data
+            # can have wide gaps but no ties, and is not flagged.
+            d = s[:, 1:] - s[:, :-1]
+            tol = 1e-9 * s[:, :-1].abs().clamp(min=1.0)
+            step_ok = torch.isfinite(d) & (d > tol)
+            ties = (torch.isfinite(d) & (d <= tol)).sum(1)
+            q = torch.where(step_ok, d, inf).amin(1)
+            set_flag(torch.isfinite(q) & (q >= torch.sqrt(e_lo * e_lo + e_hi * e_hi)) & (5 * ties >= n - 1),
+                     FLAG_QUANTISED)
 
     if "std" in want:
         out["std"] = std

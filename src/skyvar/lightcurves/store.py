@@ -79,6 +79,8 @@ class CleanReport:
     multi_band_sources: int = 0
     messages: list[str] = dataclasses.field(default_factory=list)
     infos: list[str] = dataclasses.field(default_factory=list)
+    #: light curves that cleaning removed entirely: ``{"source_id", "band", "reason", "file"}`` each
+    rejected: list[dict] = dataclasses.field(default_factory=list)
 
     def note(self, msg: str, problem: bool = True) -> None:
         """Record what cleaning did; ``problem=False`` for routine notes (renamed columns …)."""
@@ -96,6 +98,7 @@ class CleanReport:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         self.messages.extend(f"{other.source}: {m}" for m in other.messages)
         self.infos.extend(f"{other.source}: {m}" for m in other.infos)
+        self.rejected.extend(other.rejected)
         return self
 
     def as_dict(self) -> dict:
@@ -177,6 +180,17 @@ def clean_long(df: pd.DataFrame, source: str = "<table>", band_default: str = ""
     if bad.any():
         rep.dropped_nonfinite = int(bad.sum())
         rep.note(f"dropped {rep.dropped_nonfinite} rows with NaN/inf time or mag")
+    if bad.any():
+        # A curve whose every row goes is named, not silently lost (the rows' count says how many).
+        cur = pd.DataFrame({"source_id": out["source_id"].to_numpy()[~miss_id], "band": out["band"].to_numpy()[~miss_id],
+                            "ok": fin[~miss_id]})
+        per = cur.groupby(["source_id", "band"], sort=True, dropna=False)["ok"].agg(["sum", "size"])
+        for (sid, band), r in per[per["sum"] == 0].iterrows():
+            rep.rejected.append({"source_id": _plain(sid), "band": str(band), "file": source,
+                                 "reason": f"no usable measurement: all {int(r['size'])} rows have a non-finite or "
+                                           "non-numeric time or magnitude"})
+        if rep.rejected:
+            rep.note(f"{len(rep.rejected)} light curves had no usable row and were removed (listed in failures)")
     out = out[fin & ~miss_id]
     if pd.api.types.is_float_dtype(out["source_id"]) and len(out):
         sid = out["source_id"].to_numpy()
@@ -225,6 +239,11 @@ def clean_long(df: pd.DataFrame, source: str = "<table>", band_default: str = ""
     out["flag"] = out["flag"].astype(np.int32)
     rep.n_out = len(out)
     return out[list(STORE_COLUMNS)], rep
+
+
+def _plain(v):
+    """A JSON-friendly scalar (numpy ints and floats become Python ones)."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _curve_codes(df: pd.DataFrame) -> np.ndarray:
@@ -342,6 +361,7 @@ def open_store(path: str | os.PathLike, n_partitions: int | None = None, rows_pe
     frames, failures = [], []
     total = CleanReport(source=str(path))
     for f in files:
+        rep = None
         try:
             df, rep = clean_long(read_table(f), source=str(f), band_default=band_default,
                                  default_source_id=_stem(f))
@@ -351,7 +371,10 @@ def open_store(path: str | os.PathLike, n_partitions: int | None = None, rows_pe
             if kind == "file":
                 raise
             log.error("skipping %s: %s", f, e)
-            failures.append({"file": str(f), "stage": "read", "error": str(e)})
+            entry = {"file": str(f), "stage": "read", "error": str(e)}
+            if rep is not None and rep.rejected:
+                entry["curves"] = [{"source_id": r["source_id"], "band": r["band"]} for r in rep.rejected]
+            failures.append(entry)
             continue
         rep.log()
         total.merge(rep)
@@ -368,6 +391,9 @@ def open_store(path: str | os.PathLike, n_partitions: int | None = None, rows_pe
         for f in ("one_point_curves", "n_curves", "multi_band_sources"):  # curve counts: of the whole
             setattr(total, f, getattr(rep, f))
         total.n_out = rep.n_out
+        if total.rejected:  # a curve emptied in one file may have good rows in another: not rejected
+            have = set(zip(df["source_id"].astype(str), df["band"].astype(str)))
+            total.rejected = [r for r in total.rejected if (str(r["source_id"]), r["band"]) not in have]
     n = n_partitions or max(1, int(np.ceil(len(df) / max(rows_per_partition, 1))))
     part = partition_of(df["source_id"].to_numpy(), n)
     fp_base = ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)

@@ -5,6 +5,7 @@
 from skyvar.utils.lazy import lazy_exports
 
 _NAMES = {
+    "run": "skyvar.pipeline.api",
     "DetectPipeline": "skyvar.pipeline.detect",
     "FieldPipeline": "skyvar.pipeline.field",
     "AssociatePipeline": "skyvar.pipeline.associate",

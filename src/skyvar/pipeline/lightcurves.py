@@ -22,9 +22,23 @@ with
 Stages are called on batches of at most ``batch_curves`` light curves of similar length (sorted by
 length to keep padding small). Stage outputs are concatenated column-wise after the pipeline's own
 columns ``source_id, band, n_obs, n_good, time_min, time_max``; a column name used twice is an error.
-A stage that raises on a partition makes that partition fail (reported in ``failures.json``, the rest
-go on). The stage's simple attributes (numbers, strings, lists) and class name enter the resume hash,
-so changing a stage's parameters recomputes; a ``version`` attribute can force it.
+A stage that raises (or breaks the contract) on a batch is retried on halves of the batch down to
+single light curves, so an error loses only that stage's columns of the curves it fails on (NaN
+there); the other curves and the other stages keep theirs. The failed stages are named per row in
+the ``stage_errors`` column and listed per curve in ``failures.json``; a stage failing on every curve
+tried (``max_single_failures`` in a row, no success) is given up for the rest of the batch. A
+partition with stage errors is written without its resume stamp, so a rerun recomputes it. The
+stage's simple attributes (numbers, strings, lists) and class name enter the resume hash, so changing
+a stage's parameters recomputes; a ``version`` attribute can force it.
+
+Nothing lost without a name
+---------------------------
+``failures.json`` lists, besides unreadable files and failed partitions/finalize steps, every light
+curve that cleaning rejected (``stage: "clean"``, with ``source_id``, ``band`` and ``reason``): curves
+whose rows were all non-finite (removed by cleaning, no feature row), curves with no usable point or
+only one (kept, NaN features), and curves without a usable ``mag_err`` (kept; Q, Q1, Q2 undefined).
+The feature table says the same per row in ``reject_reason`` ("" when fine). ``summary.json`` keeps
+the cleaning messages and counts ``n_rejected_curves`` and ``n_stage_error_curves``.
 
 Partitions, resume, scale
 -------------------------
@@ -60,6 +74,10 @@ from skyvar.utils.log import get_logger
 log = get_logger(__name__)
 
 BASE_COLUMNS = ("source_id", "band", "n_obs", "n_good", "time_min", "time_max")
+#: Per-row bookkeeping columns written after the stages' columns ("" when nothing went wrong).
+NOTE_COLUMNS = ("reject_reason", "stage_errors")
+#: Cap on the per-curve entries of one (stage, reason) group in failures.json; the rest are counted.
+MAX_LISTED_PER_GROUP = 10_000
 # Catalogue flags that make a point unusable by default: saturated, edge, fit failed, bad pixels,
 # non-positive flux (skyvar.detect.base), and repeated times (store cleaning). Blends are kept.
 DEFAULT_MASK_FLAGS = 1 | 4 | 8 | 16 | 32 | FLAG_DUPLICATE_TIME
@@ -97,16 +115,97 @@ def _batches_by_length(df: pd.DataFrame, batch_curves: int) -> tuple[np.ndarray,
     return per_curve[code], int(per_curve.max()) + 1 if n_curves else 0
 
 
+def _take_rows(batch: LightCurveBatch, idx: np.ndarray) -> LightCurveBatch:
+    """The batch restricted to rows ``idx`` (same padding width)."""
+    return LightCurveBatch(
+        source_id=np.asarray(batch.source_id)[idx], band=np.asarray(batch.band)[idx], time=batch.time[idx],
+        mag=batch.mag[idx], mag_err=batch.mag_err[idx], mask=batch.mask[idx],
+        flag=None if batch.flag is None else batch.flag[idx])
+
+
+def _call_stage(st, batch: LightCurveBatch, out_dir: Path) -> pd.DataFrame:
+    res = st(batch, out_dir)
+    if not isinstance(res, pd.DataFrame) or len(res) != len(batch):
+        raise ValueError(f"stage {getattr(st, 'name', st)!r} returned "
+                         f"{type(res).__name__} of length {len(res) if hasattr(res, '__len__') else '?'}; "
+                         f"expected a DataFrame with {len(batch)} rows")
+    return res.reset_index(drop=True)
+
+
+def _stage_isolated(st, batch: LightCurveBatch, out_dir: Path,
+                    max_single_failures: int = 20) -> tuple[pd.DataFrame, dict[int, str]]:
+    """Run a stage on a batch; on an error, bisect down to the failing light curves.
+
+    Returns (one row per batch row, NaN where the stage failed; {row: error message} of the failures).
+    """
+    try:
+        return _call_stage(st, batch, out_dir), {}
+    except Exception as e:  # noqa: BLE001 - any stage error is isolated, not fatal
+        first = f"{type(e).__name__}: {e}"
+    n = len(batch)
+    pieces: list[tuple[np.ndarray, pd.DataFrame]] = []
+    errors: dict[int, str] = {}
+    state = {"ok": 0, "single_fail": 0}
+    stack = [np.arange(n)] if n <= 1 else [np.arange(n // 2, n), np.arange(n // 2)]
+    if n <= 1:
+        errors[0] = first
+        stack = []
+    while stack:
+        idx = stack.pop()
+        if state["ok"] == 0 and state["single_fail"] >= max_single_failures:
+            # Failing on every curve tried: the stage is broken here, not the data. Give up on the rest.
+            for i in idx:
+                errors[int(i)] = (f"{first} (the stage failed on each of the {max_single_failures} curves tried "
+                                  "alone; not retried further)")
+            continue
+        try:
+            pieces.append((idx, _call_stage(st, _take_rows(batch, idx), out_dir)))
+            state["ok"] += 1
+        except Exception as e:  # noqa: BLE001
+            if len(idx) == 1:
+                errors[int(idx[0])] = f"{type(e).__name__}: {e}"
+                state["single_fail"] += 1
+            else:
+                h = len(idx) // 2
+                stack += [idx[h:], idx[:h]]
+    if pieces:
+        out = pd.concat([r.set_axis(i) for i, r in pieces]).reindex(range(n))
+    else:
+        out = pd.DataFrame(index=range(n))
+    log.warning("stage %s failed on %d of %d light curves (%s); their %s columns are NaN", getattr(st, "name", st),
+                len(errors), n, first, getattr(st, "name", st))
+    return out.reset_index(drop=True), errors
+
+
+def _reject_reasons(n_obs, n_good, usable, has_err) -> np.ndarray:
+    """Per row, why the light curve is unusable (or partly so); "" when it is fine."""
+    n_use = usable.sum(1)
+    n_err = (usable & has_err).sum(1)
+    out = np.full(len(n_obs), "", dtype=object)
+    for i in np.flatnonzero((n_use < 2) | (n_err == 0)):
+        if n_use[i] == 0:
+            out[i] = (f"no usable point: of {n_obs[i]} measurements {n_obs[i] - n_good[i]} are masked by flags and "
+                      f"{n_good[i]} have a non-finite time or magnitude")
+        elif n_use[i] == 1:
+            out[i] = f"too few points: 1 usable of {n_obs[i]} (the indices need at least 2)"
+        else:
+            out[i] = (f"no errors: none of the {n_use[i]} usable points has a finite positive mag_err "
+                      "(Q, Q1, Q2 undefined; the other indices are computed)")
+    return out
+
+
 def partition_features(df: pd.DataFrame, stages: list, out_dir: str | Path, mask_flags: int = DEFAULT_MASK_FLAGS,
-                       batch_curves: int = 50_000) -> pd.DataFrame:
+                       batch_curves: int = 50_000, max_single_failures: int = 20) -> pd.DataFrame:
     """Features of every light curve in a long table (complete curves; any order), one row per (source, band).
 
     A pure function of its inputs (plus the stages' plot side effects): this is what a Dask task runs.
+    A stage error costs only that stage's columns of the curves it fails on (see the module docstring);
+    ``reject_reason`` and ``stage_errors`` say per row what went wrong.
     """
     out_dir = Path(out_dir)
     cols = ["source_id", "band", "time", "mag", "mag_err", "flag"]
     if not len(df):
-        return pd.DataFrame(columns=list(BASE_COLUMNS))
+        return pd.DataFrame(columns=list(BASE_COLUMNS) + list(NOTE_COLUMNS))
     # Plain numpy columns: Dask hands over Arrow-backed dtypes whose boolean results cannot cumsum.
     df = pd.DataFrame({c: df[c].to_numpy() for c in cols if c in df.columns})
     if "flag" not in df.columns:
@@ -129,14 +228,18 @@ def partition_features(df: pd.DataFrame, stages: list, out_dir: str | Path, mask
             "time_min": np.where(any_good, np.nanmin(t_good, axis=1), np.nan),
             "time_max": np.where(any_good, np.nanmax(t_good, axis=1), np.nan),
         })
+        usable = batch.mask & np.isfinite(batch.time) & np.isfinite(batch.mag)
+        err = np.asarray(batch.mag_err, dtype=np.float64)
+        has_err = np.isfinite(err) & (np.nan_to_num(err, nan=0.0) > 0)
+        reject = _reject_reasons(n_obs, base["n_good"].to_numpy(), usable, has_err)
+        stage_err = [[] for _ in range(len(batch))]
         parts = [base]
         for st in stages:
-            res = st(batch, out_dir)
-            if not isinstance(res, pd.DataFrame) or len(res) != len(batch):
-                raise ValueError(f"stage {getattr(st, 'name', st)!r} returned "
-                                 f"{type(res).__name__} of length {len(res) if hasattr(res, '__len__') else '?'}; "
-                                 f"expected a DataFrame with {len(batch)} rows")
-            parts.append(res.reset_index(drop=True))
+            res, errors = _stage_isolated(st, batch, out_dir, max_single_failures)
+            for i, msg in errors.items():
+                stage_err[i].append(f"{getattr(st, 'name', st)}: {' '.join(msg.split())}")
+            parts.append(res)
+        parts.append(pd.DataFrame({"reject_reason": reject, "stage_errors": ["\n".join(e) for e in stage_err]}))
         merged = pd.concat(parts, axis=1)
         dup = merged.columns[merged.columns.duplicated()].tolist()
         if dup:
@@ -144,6 +247,50 @@ def partition_features(df: pd.DataFrame, stages: list, out_dir: str | Path, mask
         pieces.append(merged)
     out = pd.concat(pieces, ignore_index=True)
     return out.sort_values(["source_id", "band"], kind="mergesort").reset_index(drop=True)
+
+
+def _has_stage_errors(df: pd.DataFrame) -> bool:
+    return "stage_errors" in df.columns and bool((df["stage_errors"].fillna("") != "").any())
+
+
+def curve_failures(features: pd.DataFrame, rejected: list[dict] | None = None,
+                   max_listed: int = MAX_LISTED_PER_GROUP) -> list[dict]:
+    """failures.json entries for single light curves: cleaning rejections and per-curve stage errors.
+
+    ``rejected``: curves that cleaning removed entirely (:attr:`CleanReport.rejected`). One entry per
+    curve ``{"source_id", "band", "stage", "reason"|"error", "feature_row"}``, at most ``max_listed``
+    per (stage, kind of reason); beyond that one entry counts the rest (all are in the feature table).
+    """
+    entries: list[dict] = []
+    for r in rejected or []:
+        entries.append({"source_id": r["source_id"], "band": r["band"], "stage": "clean", "reason": r["reason"],
+                        "file": r.get("file"), "feature_row": False})
+    cols = set(features.columns)
+    if "reject_reason" in cols:
+        rr = features["reject_reason"].fillna("").astype(str)
+        for i in np.flatnonzero(rr.to_numpy() != ""):
+            entries.append({"source_id": features["source_id"].iat[i], "band": features["band"].iat[i],
+                            "stage": "clean", "reason": rr.iat[i], "feature_row": True})
+    if "stage_errors" in cols:
+        se = features["stage_errors"].fillna("").astype(str)
+        for i in np.flatnonzero(se.to_numpy() != ""):
+            for item in se.iat[i].split("\n"):
+                stage, _, err = item.partition(": ")
+                entries.append({"source_id": features["source_id"].iat[i], "band": features["band"].iat[i],
+                                "stage": stage, "error": err, "feature_row": True})
+    out, counts = [], {}
+    for e in entries:
+        e["source_id"] = e["source_id"].item() if isinstance(e["source_id"], np.generic) else e["source_id"]
+        key = (e["stage"], (e.get("reason") or e.get("error") or "").split(":")[0])
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] <= max_listed:
+            out.append(e)
+    for (stage, kind), c in counts.items():
+        if c > max_listed:
+            out.append({"stage": stage, "kind": kind, "n_more_curves": c - max_listed,
+                        "error": f"{c} light curves in all; the first {max_listed} are listed, the rest are "
+                                 "in lightcurve_features.parquet (reject_reason / stage_errors)"})
+    return out
 
 
 def _write_features(df: pd.DataFrame, path: Path, stamp: str | None = None) -> None:
@@ -272,14 +419,21 @@ class LightCurvePipeline:
                     failures.append({"stage": f"{st.name}.finalize", "error": f"{type(e).__name__}: {e}",
                                      "traceback": traceback.format_exc(limit=5)})
         _write_features(features, self.out_dir / "lightcurve_features.parquet")
+        per_curve = curve_failures(features, handle.report.rejected)
+        n_rejected = sum(1 for e in per_curve if e.get("stage") == "clean") + sum(
+            e.get("n_more_curves", 0) for e in per_curve if e.get("stage") == "clean")
+        n_stage_err = int((features["stage_errors"].fillna("") != "").sum()) if "stage_errors" in features else 0
+        n_failed = len(failures) + n_stage_err
+        failures += per_curve
         write_json_atomic(self.out_dir / "failures.json", failures)
         summary = {
             "input": str(self.input), "store_kind": handle.kind, "n_partitions": len(handle.partitions),
             "n_partitions_computed": len(new_paths), "n_partitions_resumed": len(done),
-            "n_failed": len(failures), "n_lightcurves": len(features),
+            "n_failed": n_failed, "n_rejected_curves": n_rejected, "n_stage_error_curves": n_stage_err,
+            "n_lightcurves": len(features),
             "n_sources": int(features["source_id"].nunique()) if len(features) else 0,
             "stages": [s.name for s in self.stages], "features": str(self.out_dir / "lightcurve_features.parquet"),
-            "cleaning": {k: v for k, v in handle.report.as_dict().items() if k not in ("messages", "source")},
+            "cleaning": {k: v for k, v in handle.report.as_dict().items() if k not in ("rejected", "infos")},
             "wall_s": round(time.perf_counter() - t0, 2), "dask": dataclasses.asdict(self.dask),
         }
         write_json_atomic(self.out_dir / "summary.json", summary)
@@ -305,7 +459,8 @@ class LightCurvePipeline:
                                  "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)})
                 continue
             path = part_dir / f"{p.key}.parquet"
-            _write_features(feats, path, self._partition_stamp(p))
+            # No resume stamp when a stage failed on some curves: a rerun retries them.
+            _write_features(feats, path, None if _has_stage_errors(feats) else self._partition_stamp(p))
             paths.append(path)
         return paths, failures
 
@@ -345,7 +500,7 @@ def _dask_task(p, stages, out_dir, part_dir, mask_flags, batch_curves, stamp) ->
     try:
         feats = partition_features(p.load(), stages, out_dir, mask_flags, batch_curves)
         path = Path(part_dir) / f"{p.key}.parquet"
-        _write_features(feats, path, stamp)
+        _write_features(feats, path, None if _has_stage_errors(feats) else stamp)
         return {"path": str(path)}
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
