@@ -15,7 +15,7 @@ Objects are imported lazily (``import skyvar.spectra`` does not import torch).
 
 from __future__ import annotations
 
-import importlib
+from skyvar.utils.lazy import lazy_exports
 
 _API = {
     # reading and writing
@@ -51,18 +51,5 @@ _API = {
     # templates
     "build_stellar_library": "skyvar.spectra.templates",
 }
-_ALIASES = {"read_lrs": "read_lamost_lrs"}
-
 __all__ = sorted(_API)
-
-
-def __getattr__(name: str):
-    if name in _API:
-        obj = getattr(importlib.import_module(_API[name]), _ALIASES.get(name, name))
-        globals()[name] = obj
-        return obj
-    raise AttributeError(f"module 'skyvar.spectra' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _API)
