@@ -144,7 +144,7 @@ def main() -> int:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    chunk = args.chunk or (1024 if args.pipeline == "binary" else 2048)
+    chunk = args.chunk or 1024
     rows = []
     try:
         t0 = time.perf_counter()

@@ -73,7 +73,7 @@ class RVPipeline:
     def __init__(self, out_dir: str, input: str | list | None = None, truth: str | None = None,
                  kind: str = "single", arms: list[str] | tuple[str, ...] = ("R", "B"), first_arm: str = "R",
                  windows: dict | None = None, min_snr: float = 5.0, match_radius: float = 3.0,
-                 batch_size: int = 2048, read_workers: int = 2, resume: bool = True, device: str = "auto",
+                 batch_size: int = 1024, read_workers: int = 2, resume: bool = True, device: str = "auto",
                  rv: dict | None = None, continuum: dict | None = None, calibration: dict | None = None,
                  simulate: dict | None = None, figures: bool = True, progress: bool = True):
         self.out_dir = Path(out_dir)
