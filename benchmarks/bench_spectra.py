@@ -56,13 +56,16 @@ def main():
     ap.add_argument("--n", type=int, default=2000, help="spectra for the preprocessing/inference timings")
     ap.add_argument("--copies", type=int, default=10, help="copies of the 11 real files for the end-to-end timing")
     ap.add_argument("--checkpoint", default=str(ROOT / "src/skyvar/models/released/specnet-lamost/specnet.ckpt"))
+    ap.add_argument("--real-dir", default=str(ROOT.parent / "shared/data/spectra/lamost_lrs"),
+                    help="real LAMOST files (default ../shared; without it the packaged example file is used)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    real_dir = ROOT.parent / "shared/data/spectra/lamost_lrs"
-    files = sorted(real_dir.glob("*.fits*"))
+    files = sorted(Path(args.real_dir).glob("*.fits*"))
     if not files:
-        print("no real LAMOST files found next to the repository (../shared/data/spectra/lamost_lrs)")
-        return 1
+        from skyvar.spectra.resources import example_lrs_file
+
+        print(f"no LAMOST files in {args.real_dir}: using the packaged example file")
+        files = [example_lrs_file()]
     if Path(args.checkpoint).exists():
         from skyvar.models.specnet_module import load_specnet
 
@@ -106,7 +109,8 @@ def main():
         rows.append(("preprocess Spectrum objects (resample+mask+normalise)", dev, args.n / t, None))
 
     # 4) inference
-    x = np.tile(base.flux, (reps, 1))[: args.n]
+    xin = base.model_input() if pre.cfg.continuum_channel else base.flux
+    x = np.tile(xin, (reps,) + (1,) * (xin.ndim - 1))[: args.n]
     for dev in devices:
         t, _ = timeit(lambda dev=dev: predict_logits(model, x, batch_size=512, device=dev))
         rows.append(("SpecNet inference", dev, args.n / t, None))
@@ -116,7 +120,7 @@ def main():
         def e2e(dev=dev):
             sp = [read_lamost_lrs(f) for f in files * args.copies]
             b = Preprocessor(pre.cfg, device=dev)(sp)
-            return predict_logits(model, b.flux, device=dev)
+            return predict_logits(model, b.model_input() if pre.cfg.continuum_channel else b.flux, device=dev)
 
         t, _ = timeit(e2e, repeat=1)
         rows.append(("end to end: read + preprocess + infer", dev, n_files / t, None))

@@ -101,11 +101,13 @@ class CandidateFlag(enum.IntFlag):
 class RVFlag(enum.IntFlag):
     """``flag`` of relative radial velocities (:mod:`skyvar.spectra.rv`)."""
 
-    EDGE = 1  #: coarse peak at the edge of +-v_max
-    FIT = 2  #: Gaussian fit failed (no peak); rv is the grid maximum, rv_err NaN
+    EDGE = 1  #: coarse peak at the edge of +-v_max; no velocity (rv NaN)
+    FIT = 2  #: Gaussian fit failed (no peak); rv and rv_err NaN
     BROAD = 4  #: likelihood wider than the fit grid allows; rv_err is a lower limit
     FEW_PIXELS = 8  #: too few usable pixels in the window; rv NaN
     REFERENCE = 16  #: the star's reference spectrum compared with itself (rv = 0 by construction)
+    WEAK_PEAK = 32  #: likelihood peak not significant (below min_peak_dlnp); rv NaN
+    LOW_SNR = 64  #: exposure S/N below the pipeline's min_snr (paper: 5); not measured, rv NaN
 
 
 class SpectrumFlag(enum.IntFlag):

@@ -15,14 +15,12 @@ from skyvar.sim.spectra import (
     resolve_paths,
     simulate_to_disk,
 )
-from tests.conftest import shared_data
 from tests.spectra.lrs_helpers import TINY_SIM
 
 
 @pytest.fixture(scope="module")
 def sim_dir(tmp_path_factory):
-    shared_data("spectra", "redrock")
-    out = tmp_path_factory.mktemp("sim")
+    out = tmp_path_factory.mktemp("sim")  # packaged templates: no ../shared needed
     cfg = resolve_paths(SpectraSimConfig(out_dir=str(out), write_fits=2, **TINY_SIM))
     simulate_to_disk(cfg)
     return out
@@ -36,18 +34,33 @@ def test_outputs_labels_and_splits(sim_dir):
     mid = meta[meta.subset == "binary_mid"]
     assert mid.q.between(0.71, 0.93).all()
     ev = meta[meta.subset == "binary_eval"]
-    assert ev.q.between(0.3, 1.0).all() and (ev.split == "eval").all() and (ev.label == 0).all()
+    assert ev.q.between(0.1, 1.0).all() and (ev.split == "eval").all() and (ev.label == 0).all()
+    assert (ev.template_split == "test").all()
     s = meta[meta.subset == "single"].split.value_counts()
     assert (s["train"], s["val"], s["test"]) == (48, 6, 6)
     assert meta.teff1.between(3800, 6500).all()
     assert len(list((sim_dir / "fits").glob("*.fits"))) == 4
 
 
+def test_split_by_template(sim_dir):
+    """No template of a test (or eval) spectrum appears in a training spectrum, as primary or secondary."""
+    meta = pd.read_parquet(sim_dir / "meta.parquet")
+
+    def templates(split):
+        m = meta[meta.template_split == split]
+        return set(m.template1) | set(m.template2[m.template2 >= 0])
+
+    assert not templates("train") & templates("test")
+    assert not templates("train") & templates("val")
+
+
 def test_binary_physics(sim_dir):
     meta = pd.read_parquet(sim_dir / "meta.parquet")
     b = meta[meta.subset != "single"]
     np.testing.assert_allclose(b.mass2 / b.mass1, b.q, rtol=1e-6)
-    assert (np.abs(b.rv1 - b.rv2) <= 150 + 1e-9).all()
+    np.testing.assert_allclose(np.abs(b.rv1 - b.rv2), b.dv_abs, rtol=1e-9, atol=1e-9)
+    assert (b.period > 0.1).all() and (b.a_au < 1000).all() and b.ecc.between(0, 0.6).all()
+    assert ((b.light_ratio > 0) & (b.light_ratio <= 1.0 + 1e-9)).all()
     # momentum conservation about the systemic velocity: M1 (v1 - v0) + M2 (v2 - v0) = 0
     v0 = (b.mass1 * b.rv1 + b.mass2 * b.rv2) / (b.mass1 + b.mass2)
     np.testing.assert_allclose((b.rv1 - v0) * b.mass1, -(b.rv2 - v0) * b.mass2, atol=1e-6)
@@ -76,6 +89,52 @@ def test_variance_floor(sim_dir):
     # sigma >= sqrt(b / (K G_max)) = a fixed fraction of fg / snr_g
     sig_min = np.min(np.where(iv > 0, 1 / np.sqrt(np.where(iv > 0, iv, 1)), np.inf), axis=1)
     assert np.all(sig_min > 0.02 * fg / meta.snr_g.to_numpy())
+
+
+def test_orbit_population_statistics():
+    """Raghavan et al. (2010) periods, isotropic inclinations: most |Δv| are small (the issue's ~88 %)."""
+    from skyvar.sim.spectra import draw_orbits, solve_kepler
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    m1 = np.full(n, 1.0)
+    o = draw_orbits(rng, m1, rng.uniform(0.1, 1.0, n), SpectraSimConfig())
+    frac = np.mean(np.abs(o["dv"]) < 20)
+    assert 0.8 < frac < 0.95
+    assert np.median(np.cos(np.radians(o["incl"]))) == pytest.approx(0.5, abs=0.02)
+    # circular orbit: |Δv| never exceeds the relative semi-amplitude; Kepler's equation is solved
+    circ = o["ecc"] == 0
+    assert np.all(np.abs(o["dv"][circ]) <= o["k_rel"][circ] + 1e-9)
+    M = rng.uniform(0, 2 * np.pi, 100)
+    e = rng.uniform(0, 0.9, 100)
+    E = solve_kepler(M, e)
+    np.testing.assert_allclose(E - e * np.sin(E), M, atol=1e-9)
+    # a Sun-Sun pair at 1 AU: K1 + K2 = 2 pi a / P = 42.1 km/s edge-on
+    cfg = SpectraSimConfig(logp_mean=np.log10(365.25 / np.sqrt(2)), logp_sigma=1e-6, e_max=0.0, p_circ_days=1e9)
+    o = draw_orbits(np.random.default_rng(1), np.ones(2000), np.ones(2000), cfg)
+    assert o["a_au"][0] == pytest.approx(1.0, rel=1e-3)
+    assert np.max(o["k_rel"]) == pytest.approx(2 * np.pi * 1.495978707e8 / (365.25 / np.sqrt(2) * 86400), rel=1e-3)
+
+
+def test_cmd_offsets_and_labels():
+    """Equal-mass twins sit 0.75 mag above the single-star sequence at the same colour; tiny companions ~0."""
+    from skyvar.sim.spectra import cmd_label, cmd_offset
+
+    assert cmd_offset([1.0], [1.0])[0] == pytest.approx(-2.5 * np.log10(2), abs=1e-6)
+    assert cmd_offset([1.0], [np.nan])[0] == pytest.approx(0.0, abs=1e-9)
+    assert -0.1 < cmd_offset([1.0], [0.2])[0] < 0.0
+    assert cmd_label([0.1, -0.3, -0.6, 0.3]).tolist() == [0, 1, -1, -1]
+
+
+def test_cmd_label_mode(tmp_path):
+    cfg = SpectraSimConfig(out_dir=str(tmp_path), n_single=30, n_binary=60, n_eval_binary=10, seed=3, chunk=50,
+                           label_mode="cmd")
+    simulate_to_disk(cfg)
+    meta = pd.read_parquet(tmp_path / "meta.parquet")
+    pop = meta[meta.subset == "binary_pop"]
+    assert (pop.split[pop.label_cmd < 0] == "excluded").all()
+    kept = pop[pop.split != "excluded"]
+    assert (kept.label == kept.label_cmd).all() and (kept.label == 0).any()  # low-q binaries count as single
 
 
 def test_reproducible(tmp_path, sim_dir):

@@ -70,3 +70,35 @@ def test_bad_files_reported_and_skipped(tmp_path):
     two = stars[stars["n_spectra"] == 2][0]
     sel = np.isin(t["obsid"], [103232, 99])
     assert two["p_binary"] == np.max(t["p_binary"][sel])
+
+
+def test_streaming_chunks_and_resume(tmp_path, monkeypatch):
+    """Chunks of 2 files: the same table as one pass; a rerun after losing one chunk reads only that
+    chunk's files again; another model starts afresh."""
+    import skyvar.spectra.io as sio
+
+    d = shared_data("spectra", "lamost_lrs")
+    ckpt = tiny_checkpoint(tmp_path / "m.ckpt")
+    one = BinarySpectraPipeline(model=str(ckpt), input=str(d), out_dir=str(tmp_path / "one"), device="cpu",
+                                chunk_size=100).run()
+    out = tmp_path / "chunked"
+    s = BinarySpectraPipeline(model=str(ckpt), input=str(d), out_dir=str(out), device="cpu", chunk_size=2,
+                              read_workers=2).run()
+    assert s["n_spectra"] == one["n_spectra"] == 11
+    a = Table.read(tmp_path / "one" / "binary_probabilities.ecsv")
+    b = Table.read(out / "binary_probabilities.ecsv")
+    assert list(a["file"]) == list(b["file"])
+    np.testing.assert_allclose(a["p_binary"], b["p_binary"], rtol=1e-5)
+    parts = sorted((out / ".parts").glob("part-*.json"))
+    assert len(parts) == 6
+    lost = json.loads(parts[2].read_text())["files"]
+    parts[2].unlink()
+    calls = []
+    real = sio.read_lamost_lrs
+    monkeypatch.setattr(sio, "read_lamost_lrs", lambda f: calls.append(str(f)) or real(f))
+    s2 = BinarySpectraPipeline(model=str(ckpt), input=str(d), out_dir=str(out), device="cpu", chunk_size=2).run()
+    assert sorted(calls) == sorted(lost) and s2["resumed_files"] == 9 and s2["n_spectra"] == 11
+    other = tiny_checkpoint(tmp_path / "other.ckpt", temperature=3.0)
+    calls.clear()
+    BinarySpectraPipeline(model=str(other), input=str(d), out_dir=str(out), device="cpu", chunk_size=2).run()
+    assert len(calls) == 11

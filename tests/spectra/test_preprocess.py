@@ -8,7 +8,6 @@ from skyvar.spectra.preprocess import (
     Preprocessor,
     air_to_vacuum,
     common_grid,
-    resample,
     smooth_continuum,
     smoothing_matrix,
     vacuum_to_air,
@@ -44,17 +43,6 @@ def test_smoothing_equals_direct_sum():
         w = np.exp(-((wave[j] - wave) ** 2) / 50.0**2)
         expect = np.sum(flux * ivar * w, axis=1) / np.sum(ivar * w, axis=1)
         np.testing.assert_allclose(cont[:, j], expect, rtol=1e-5)
-
-
-def test_resample_variance_and_masks():
-    x = np.array([0.0, 1.0, 2.0, 3.0])
-    f = np.array([1.0, 3.0, 5.0, 7.0])
-    iv = np.ones(4)
-    m = np.array([False, False, False, True])
-    fn, ivn, mn = resample(np.array([0.5, 1.0, 2.5, 4.0]), x, f, iv, m)
-    assert fn[0] == pytest.approx(2.0) and ivn[0] == pytest.approx(2.0)  # var = 0.25 + 0.25
-    assert fn[1] == pytest.approx(3.0) and ivn[1] == pytest.approx(1.0)
-    assert mn.tolist() == [False, False, True, True]  # 2.5 touches the bad pixel; 4.0 is outside
 
 
 def test_normalisation_flattens_continuum_and_keeps_lines():

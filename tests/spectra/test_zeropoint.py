@@ -112,3 +112,35 @@ def test_catalog_single_star_cannot_calibrate(caplog):
 def test_length_mismatch():
     with pytest.raises(ValueError, match="lengths"):
         self_calibrate([0, 1], [0], [1.0, 2.0])
+
+
+def test_exposure_needs_min_candidates():
+    """An exposure seen by fewer than min_candidates constant-star candidates gets no zero point
+    (NaN, uncalibrated) instead of one star's own velocity; with enough candidates it is calibrated."""
+    from skyvar.spectra.zeropoint import calibrate_catalog, self_calibrate
+
+    rng = np.random.default_rng(0)
+    stars = [f"s{i}" for i in range(12)]
+    exps = [f"e{j}" for j in range(6)]
+    zp_true = rng.normal(0, 3, len(exps))
+    S, E, V = [], [], []
+    for i, s in enumerate(stars):
+        for j, e in enumerate(exps):
+            if j == 5 and i >= 3:  # exposure e5 sees only 3 stars
+                continue
+            S.append(s)
+            E.append(e)
+            V.append(zp_true[j] + rng.normal(0, 0.1))
+    res = self_calibrate(S, E, V, min_candidates=5)
+    z = dict(zip(res.exposures, res.zp))
+    assert np.isnan(z["e5"]) and all(np.isfinite(z[e]) for e in exps[:5])
+    rv_corr = res.rv_corr[np.asarray(E) == "e5"]
+    assert np.all(np.isnan(rv_corr))
+    # a lone star: nothing is calibrated, it is not listed as a calibrated constant
+    _, zrows, srows = calibrate_catalog(["lone"] * 4, ["a", "b", "c", "d"], [1] * 4, ["R"] * 4, [1.0, 2.0, 3.0, 4.0],
+                                        min_stars=1, min_candidates=5)
+    assert all(not r["calibrated"] and np.isnan(r["zp"]) for r in zrows)
+    # the old behaviour (one candidate is enough) made the lone star's rv_corr identically 0
+    rv_corr, _, _ = calibrate_catalog(["lone"] * 4, ["a", "b", "c", "d"], [1] * 4, ["R"] * 4, [1.0, 2.0, 3.0, 4.0],
+                                      min_stars=1, min_candidates=1)
+    assert np.allclose(rv_corr, 0.0)

@@ -4,15 +4,19 @@ On first use it simulates the data set (``skyvar.sim.spectra``, fixed seed) into
 ``<data_dir>/sim-<hash of the sim config>/`` and caches the preprocessed (normalised) spectra as
 ``norm-<hash of the preprocessing config>.npy`` (float16, flux/continuum) next to it; later runs reuse
 both. Splits are the simulator's (80/10/10 of singles and intermediate-q binaries); the evaluation-only
-binaries (all q) are available through :meth:`arrays` (``split='eval'``).
+binaries (all q) are available through :meth:`arrays` (``split='eval'``). Splits are by *template*
+(no test spectrum shares a stellar template with a training spectrum; see :mod:`skyvar.sim.spectra`).
+With ``preprocess.continuum_channel`` the log-continuum is cached too (``logcont-<hash>.npy``) and the
+model input has two channels.
 
 Imbalance (≈ 18 singles per binary) is handled as the paper: the training loader oversamples the
 binaries with a weighted sampler so that each class is drawn equally often (``oversample``).
-Model input: normalised flux - 1 (0 at masked pixels), shape (1, npix).
+Model input: normalised flux - 1 (0 at masked pixels) [and log10 continuum/median], shape (C, npix).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -29,16 +33,19 @@ log = get_logger(__name__)
 
 
 class NormalisedSpectra(Dataset):
-    def __init__(self, flux: np.ndarray, labels: np.ndarray):
+    def __init__(self, flux: np.ndarray, labels: np.ndarray, logcont: np.ndarray | None = None):
         self.flux = flux
+        self.logcont = logcont
         self.labels = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i):
-        x = torch.from_numpy(np.asarray(self.flux[i], dtype=np.float32) - 1.0).unsqueeze(0)
-        return x, int(self.labels[i])
+        x = np.asarray(self.flux[i], dtype=np.float32)[None, :] - 1.0
+        if self.logcont is not None:
+            x = np.concatenate([x, np.asarray(self.logcont[i], dtype=np.float32)[None, :]], axis=0)
+        return torch.from_numpy(x), int(self.labels[i])
 
 
 class SpectraDataModule(L.LightningDataModule):
@@ -64,8 +71,10 @@ class SpectraDataModule(L.LightningDataModule):
         self.sim_cfg = dataclasses.replace(self.sim_cfg, out_dir=str(self.sim_dir))
         self.norm_path = self.sim_dir / f"norm-{stable_hash(dataclasses.asdict(self.pre_cfg))}.npy"
         self.keep_path = self.norm_path.with_suffix(".keep.npy")
+        self.logcont_path = self.sim_dir / f"logcont-{stable_hash(dataclasses.asdict(self.pre_cfg))}.npy"
         self._meta = None
         self._flux = None
+        self._logcont = None
 
     # ------------------------------------------------------------------ data on disk
     def prepare_data(self):
@@ -74,7 +83,7 @@ class SpectraDataModule(L.LightningDataModule):
         if not (self.sim_dir / "config.json").exists():
             log.info("simulating the LAMOST-like data set into %s (first use)", self.sim_dir)
             simulate_to_disk(self.sim_cfg)
-        if not self.norm_path.exists():
+        if not self.norm_path.exists() or (self.pre_cfg.continuum_channel and not self.logcont_path.exists()):
             self._preprocess_to_disk()
 
     def _preprocess_to_disk(self):
@@ -90,8 +99,11 @@ class SpectraDataModule(L.LightningDataModule):
         keep = np.zeros(n, dtype=bool)
         failures = []
         log.info("preprocessing %d spectra (smooth_L = %.0f Å) -> %s", n, self.pre_cfg.smooth_L, self.norm_path)
-        with atomic_path(self.norm_path) as tmp:
+        lc_ctx = atomic_path(self.logcont_path) if self.pre_cfg.continuum_channel else contextlib.nullcontext()
+        with atomic_path(self.norm_path) as tmp, lc_ctx as tmp_lc:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, pre.npix))
+            lc = (np.lib.format.open_memmap(tmp_lc, mode="w+", dtype=np.float16, shape=(n, pre.npix))
+                  if tmp_lc is not None else None)
             step = self.hparams.preprocess_chunk
             for s in range(0, n, step):
                 sl = slice(s, min(n, s + step))
@@ -99,10 +111,16 @@ class SpectraDataModule(L.LightningDataModule):
                 rows = s + b.index
                 out[s:sl.stop] = 1.0
                 out[rows] = b.flux.astype(np.float16)
+                if lc is not None:
+                    lc[s:sl.stop] = 0.0
+                    lc[rows] = b.logcont.astype(np.float16)
                 keep[rows] = True
                 failures += [dict(f, index=int(s + f["index"])) for f in b.failures]
             out.flush()
             del out
+            if lc is not None:
+                lc.flush()
+                del lc
         np.save(self.keep_path, keep)
         write_json_atomic(self.norm_path.with_suffix(".failures.json"), failures)
         if failures:
@@ -120,6 +138,8 @@ class SpectraDataModule(L.LightningDataModule):
         meta["keep"] = np.load(self.keep_path)
         self._meta = meta
         self._flux = np.load(self.norm_path)  # float16 in memory (~300 MB for 41k spectra)
+        if self.pre_cfg.continuum_channel:
+            self._logcont = np.load(self.logcont_path)
         self.wavelength = _grid(self.pre_cfg)
 
     @property
@@ -133,12 +153,21 @@ class SpectraDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> NormalisedSpectra:
         r = self.rows(split)
-        return NormalisedSpectra(_RowView(self._flux, r), self.meta["label"].to_numpy()[r])
+        lc = _RowView(self._logcont, r) if self._logcont is not None else None
+        return NormalisedSpectra(_RowView(self._flux, r), self.meta["label"].to_numpy()[r], lc)
 
     def arrays(self, split: str):
         """(normalised flux float16 (n, npix), meta rows) of a split: train | val | test | eval."""
         r = self.rows(split)
         return self._flux[r], self.meta.iloc[r].reset_index(drop=True)
+
+    def inputs(self, split: str) -> np.ndarray:
+        """Model inputs (n, C, npix) float32 of a split (flux - 1, and the log-continuum when cached)."""
+        r = self.rows(split)
+        x = self._flux[r].astype(np.float32)[:, None, :] - 1.0
+        if self._logcont is not None:
+            x = np.concatenate([x, self._logcont[r].astype(np.float32)[:, None, :]], axis=1)
+        return x
 
     def train_dataloader(self):
         ds = self.dataset("train")

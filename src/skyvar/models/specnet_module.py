@@ -1,11 +1,17 @@
 """LightningModule around :class:`SpecNet`: cross-entropy, Adam (lr 1e-4 as Jing et al.), early stopping on
 the validation loss, ROC AUC / accuracy per stage, and a temperature for calibrated probabilities.
 
+Training batches are class-balanced by oversampling (as the paper); the validation and test splits keep
+the population prior (9 singles per binary here), so ``val/loss`` is the class-balanced cross-entropy
+(mean of the per-class means; ``balanced_val_loss``): early stopping then tracks the objective that is
+trained, not the calibration shift between the two priors (which is what temperature scaling fixes).
+
 The network is described by plain keyword arguments (``net``) and the preprocessing that produced its
 inputs (``preprocess``, keys of :class:`skyvar.spectra.preprocess.PreprocessConfig`) is saved with the
 hyper-parameters, so ``SpecNetModule.load_from_checkpoint(path)`` rebuilds both without Hydra.
 ``temperature`` (a buffer, 1 until :func:`fit_temperature` sets it) divides the logits for calibrated
-probabilities (Guo et al. 2017, temperature scaling).
+probabilities (Guo et al. 2017, temperature scaling). The network's input channels default to the
+preprocessing's (1: normalised flux; 2 with ``preprocess.continuum_channel``: plus the log-continuum).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from skyvar.models.components.specnet import SpecNet
 
 class SpecNetModule(L.LightningModule):
     def __init__(self, net: dict | None = None, lr: float = 1e-4, weight_decay: float = 0.0,
-                 early_stopping_patience: int = 5, preprocess: dict | None = None):
+                 early_stopping_patience: int = 5, preprocess: dict | None = None, balanced_val_loss: bool = True):
         super().__init__()
         from omegaconf import OmegaConf
 
@@ -29,8 +35,12 @@ class SpecNetModule(L.LightningModule):
         net = OmegaConf.to_container(net, resolve=True) if OmegaConf.is_config(net) else net
         preprocess = OmegaConf.to_container(preprocess, resolve=True) if OmegaConf.is_config(preprocess) else preprocess
         self.save_hyperparameters()
-        self.net = SpecNet(**dict(net or {}))
+        net_kw = dict(net or {})
+        # the input channels follow the preprocessing that made the inputs (flux, + log-continuum)
+        net_kw.setdefault("in_channels", 1 + int(bool((preprocess or {}).get("continuum_channel", False))))
+        self.net = SpecNet(**net_kw)
         self.register_buffer("temperature", torch.tensor(1.0))
+        self._reset_ce()
         self.metrics = torch.nn.ModuleDict({
             stage: torchmetrics.MetricCollection({
                 "auroc": torchmetrics.classification.BinaryAUROC(),
@@ -52,12 +62,37 @@ class SpecNetModule(L.LightningModule):
     def _step(self, batch, stage: str):
         x, y = batch
         logits = self.net(x)
-        loss = F.cross_entropy(logits, y)
         p = logits.detach().softmax(-1)[:, 1]
         m = self.metrics[f"{stage}_"]
         m.update(p, y)
+        if stage != "train" and self.hparams.balanced_val_loss:
+            # the training batches are class-balanced (oversampling); the validation split keeps the population's
+            # 9:1 prior. Early stopping compares like with like: per-class mean cross-entropy, averaged over classes
+            ce = F.cross_entropy(logits, y, reduction="none").detach()
+            for c in (0, 1):
+                self._ce_sum[c] += float(ce[y == c].sum())
+                self._ce_n[c] += int((y == c).sum())
+            return None
+        loss = F.cross_entropy(logits, y)
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=len(y))
         return loss
+
+    def _reset_ce(self):
+        self._ce_sum = [0.0, 0.0]
+        self._ce_n = [0, 0]
+
+    def _log_balanced(self, stage: str):
+        if not self.hparams.balanced_val_loss or not sum(self._ce_n):
+            return
+        means = [s / n for s, n in zip(self._ce_sum, self._ce_n) if n]
+        self.log(f"{stage}/loss", float(sum(means) / len(means)), prog_bar=True)
+        self._reset_ce()
+
+    def on_validation_epoch_start(self):
+        self._reset_ce()
+
+    def on_test_epoch_start(self):
+        self._reset_ce()
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -82,9 +117,11 @@ class SpecNetModule(L.LightningModule):
         self._log_metrics("train")
 
     def on_validation_epoch_end(self):
+        self._log_balanced("val")
         self._log_metrics("val")
 
     def on_test_epoch_end(self):
+        self._log_balanced("test")
         self._log_metrics("test")
 
     def predict_step(self, batch, batch_idx):

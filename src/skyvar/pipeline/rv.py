@@ -2,13 +2,31 @@
 
 ``python infer.py pipeline=rv input=<file|dir|glob of MRS FITS> out_dir=D`` writes
 
-- ``D/rv.ecsv``: one row per star, exposure and arm (the paper's Table 2 in long form): source, ra, dec,
-  time (BJD_TDB of mid-exposure), hjd, spectrograph, fiberid, arm, exposure, snr, rv, rv_err, rv_corr,
+- ``D/rv.ecsv``: one row per star, exposure and arm (the paper's Table 2 in long form): source (the
+  star), catalogue_id (the file's OBJNAME) and catalogue_ids (every id the star had), ra, dec, time
+  (BJD_TDB of mid-exposure), hjd, spectrograph, fiberid, planid, arm, exposure, snr, rv, rv_err, rv_corr,
   zp, flag …; rv is relative to the star's highest-SNR spectrum in that arm, rv_corr = rv - zp;
-- ``D/zeropoints.ecsv``: zero point per spectrograph, arm and exposure;
+- ``D/zeropoints.ecsv``: zero point per spectrograph, arm and exposure (NaN and ``calibrated`` False
+  with fewer than ``calibration.min_candidates`` constant-star candidates);
 - ``D/constant_stars.ecsv``: the constant-star candidates with their Var_rv (eq. 4) before and after;
 - ``D/flagged.ecsv``: exposures not used (SNR <= 0, median flux <= 0, too few pixels, duplicates);
-- ``D/failures.json`` (unreadable files) and ``D/summary.json``.
+- ``D/failures.json`` (unreadable files, with the reasons of every failed extension) and ``D/summary.json``.
+
+**One star, one identity.** Files are first scanned (headers only) and grouped into stars by sky
+position (``match_radius`` arcsec, friends of friends): the same star under different catalogue ids in
+different plans is one star with one reference spectrum per arm.
+
+**No velocity without signal.** Exposures with S/N below ``min_snr`` (the paper's 5) are listed with flag
+``FLAG_LOW_SNR`` and no velocity; so are peaks at the edge of the search range, failed fits and
+likelihood peaks that are not significant (:class:`skyvar.spectra.rv.RelativeRV`). The uncertainties
+are the Gaussian-fit widths times ``rv.err_scale`` with the ``rv.lowpass`` filter on, calibrated by
+injecting known velocities into the real MRS exposures degraded to S/N 5–35 (pull sigma ≈ 1,
+docs/results/radial_velocities.md).
+
+**Bounded memory.** After the header scan, files are read, measured and written in chunks of whole stars
+(``batch_size`` spectra; the next chunk is read by ``read_workers`` threads while the current one is
+measured); finished chunks are written atomically to ``D/.parts/`` and a rerun resumes after the last
+one. Only the velocity table (one short row per spectrum) is kept for the calibration.
 
 With ``input`` an ECSV table of velocities (columns source, exposure, spectrograph, arm, rv) it only
 calibrates; with no input it simulates the paper's mock (:mod:`skyvar.sim.rv_mock`) and calibrates that.
@@ -21,6 +39,7 @@ then has relative velocities only, rv_corr NaN, and the log and summary say so.
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections import defaultdict
@@ -30,8 +49,9 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from skyvar.spectra.mrs import MRSReadError, add_times, read_mrs
-from skyvar.spectra.rv import WINDOWS, RelativeRV, prepare_arm, reference_indices
+from skyvar.spectra.mrs import MRSReadError, add_times, read_mrs, scan_mrs
+from skyvar.spectra.rv import FLAG_LOW_SNR, WINDOWS, RelativeRV, prepare_arm, reference_indices
+from skyvar.spectra.stars import group_stars
 from skyvar.spectra.zeropoint import calibrate_catalog
 from skyvar.utils.atomic import write_json_atomic, write_table_atomic
 from skyvar.utils.inputs import expand_inputs
@@ -40,8 +60,10 @@ from skyvar.utils.log import get_logger
 log = get_logger(__name__)
 
 TABLE_SUFFIXES = (".ecsv", ".csv", ".parquet")
-RV_COLUMNS = ["source", "ra", "dec", "time", "hjd", "spectrograph", "fiberid", "arm", "exposure", "snr", "rv",
-              "rv_err", "rv_corr", "zp", "flag"]
+# the pipeline's estimator settings (conf/pipeline/rv.yaml): low-pass and the injection-calibrated error scale
+DEFAULT_RV = {"lowpass": 0.2, "err_scale": 1.4}
+RV_COLUMNS = ["source", "catalogue_id", "catalogue_ids", "ra", "dec", "time", "hjd", "spectrograph", "fiberid",
+              "planid", "arm", "exposure", "snr", "rv", "rv_err", "rv_corr", "zp", "flag"]
 
 
 class RVPipeline:
@@ -50,7 +72,8 @@ class RVPipeline:
 
     def __init__(self, out_dir: str, input: str | list | None = None, truth: str | None = None,
                  kind: str = "single", arms: list[str] | tuple[str, ...] = ("R", "B"), first_arm: str = "R",
-                 windows: dict | None = None, min_snr: float = 0.0, batch_size: int = 2048, device: str = "auto",
+                 windows: dict | None = None, min_snr: float = 5.0, match_radius: float = 3.0,
+                 batch_size: int = 1024, read_workers: int = 2, resume: bool = True, device: str = "auto",
                  rv: dict | None = None, continuum: dict | None = None, calibration: dict | None = None,
                  simulate: dict | None = None, figures: bool = True, progress: bool = True):
         self.out_dir = Path(out_dir)
@@ -61,63 +84,153 @@ class RVPipeline:
         self.first_arm = first_arm
         self.windows = {**WINDOWS, **{k: tuple(v) for k, v in (windows or {}).items()}}
         self.min_snr = float(min_snr)
+        self.match_radius = float(match_radius)
         self.batch_size = int(batch_size)
+        self.read_workers = max(1, int(read_workers))
+        self.resume = bool(resume)
         self.device = device
-        self.rv_kwargs = dict(rv or {})
+        self.rv_kwargs = {**DEFAULT_RV, **dict(rv or {})}
         self.continuum = dict(continuum or {})
         self.calibration = dict(calibration or {})
         self.simulate = dict(simulate or {})
         self.figures = figures
         self.progress = progress
 
-    # ------------------------------------------------------------------ reading
-    def read_inputs(self, files: list[Path]) -> tuple[list, list[dict], list[dict]]:
-        spectra, flagged, failures = [], [], []
-        seen: set = set()
+    # ------------------------------------------------------------------ 1. header scan, stars by position
+    def scan(self, files: list[Path]) -> tuple[list[dict], list[dict]]:
+        """Header-only metadata of every readable file, and the failures of the others."""
+        scans, failures = [], []
         for f in files:
             try:
-                ss = read_mrs(f, kind=self.kind, arms=self.arms, times=False)
+                m = scan_mrs(f)
             except MRSReadError as e:
-                log.error("skipping %s: %s", f, e)
+                log.error("skipping %s", e)
                 failures.append({"file": str(f), "stage": "read", "error": str(e)})
                 continue
-            except Exception as e:  # one bad file must not stop a batch
-                log.error("skipping %s: unexpected %s: %s", f, type(e).__name__, e)
-                failures.append({"file": str(f), "stage": "read", "error": f"{type(e).__name__}: {e}",
-                                 "traceback": traceback.format_exc(limit=5)})
+            m["path"] = str(f)
+            scans.append(m)
+        return scans, failures
+
+    def identify_stars(self, scans: list[dict]) -> tuple[np.ndarray, list[str], list[str]]:
+        """Star index per scanned file (sky position within ``match_radius``; files without coordinates
+        by catalogue id), the star names (the catalogue id of the star's first file by LMJD) and every
+        catalogue id each star had (comma-separated)."""
+        ra = np.array([m.get("ra", np.nan) for m in scans], dtype=float)
+        dec = np.array([m.get("dec", np.nan) for m in scans], dtype=float)
+        star = group_stars(ra, dec, self.match_radius)
+        nopos = ~(np.isfinite(ra) & np.isfinite(dec))
+        if nopos.any():  # no coordinates: the catalogue id is all there is
+            by_id: dict[str, int] = {}
+            for i in np.flatnonzero(~nopos):
+                by_id.setdefault(scans[i]["source"], int(star[i]))
+            nxt = int(star.max()) + 1 if len(star) else 0
+            for i in np.flatnonzero(nopos):
+                key = scans[i]["source"]
+                if key not in by_id:
+                    by_id[key] = nxt
+                    nxt += 1
+                star[i] = by_id[key]
+            _, star = np.unique(star, return_inverse=True)
+        names, ids = [], []
+        for k in range(int(star.max()) + 1 if len(star) else 0):
+            members = sorted(np.flatnonzero(star == k), key=lambda i: (scans[i].get("lmjd", 0), scans[i]["path"]))
+            names.append(str(scans[members[0]]["source"]))
+            cat = []
+            for i in members:
+                for key in ("source", "designation", "obsid"):
+                    v = scans[i].get(key)
+                    if v is not None and str(v) not in cat:
+                        cat.append(str(v))
+            ids.append(",".join(cat))
+        n_multi = sum(len({scans[i]["source"] for i in np.flatnonzero(star == k)}) > 1 for k in range(len(names)))
+        if n_multi:
+            log.info("%d star(s) carry more than one catalogue id across files; matched by position (%.1f arcsec)",
+                     n_multi, self.match_radius)
+        return star, names, ids
+
+    def _chunks(self, scans: list[dict], star: np.ndarray) -> list[list[int]]:
+        """File indices in chunks of whole stars holding about ``batch_size`` spectra each."""
+        n_spec = np.array([sum(1 for e in m["extensions"] if e[1] in self.arms and (self.kind == "all" or e[2] == self.kind))
+                           for m in scans])
+        order = np.argsort(star, kind="stable")
+        chunks, cur, cur_n = [], [], 0
+        for k in np.unique(star):
+            members = [int(i) for i in order[np.searchsorted(star[order], k):np.searchsorted(star[order], k, "right")]]
+            n = int(n_spec[members].sum())
+            if cur and cur_n + n > self.batch_size:
+                chunks.append(cur)
+                cur, cur_n = [], 0
+            cur += members
+            cur_n += n
+        if cur:
+            chunks.append(cur)
+        return chunks
+
+    # ------------------------------------------------------------------ 2. reading a chunk
+    def _read_file(self, path: str):
+        try:
+            return read_mrs(path, kind=self.kind, arms=self.arms, times=False), None
+        except MRSReadError as e:
+            return None, {"file": path, "stage": "read", "error": str(e)}
+        except Exception as e:  # one bad file must not stop a batch
+            return None, {"file": path, "stage": "read", "error": f"{type(e).__name__}: {e}",
+                          "traceback": traceback.format_exc(limit=5)}
+
+    def read_inputs(self, files: list[Path]) -> tuple[list, list[dict], list[dict]]:
+        """Read files completely (every spectrum in memory): small inputs and tests. Spectra keep their
+        catalogue id as ``source``; :meth:`run` streams and groups by position instead."""
+        spectra, flagged, failures = [], [], []
+        for f in files:
+            ss, err = self._read_file(str(f))
+            if err:
+                log.error("skipping %s: %s", f, err["error"])
+                failures.append(err)
                 continue
-            for s in ss:
-                m = s.meta
-                reason = m.get("flag", "")
-                if not reason and self.min_snr > 0 and m["snr"] <= self.min_snr:
-                    reason = f"snr<={self.min_snr:g}"
-                key = (m["source"], m["arm"], m["exposure"], m["kind"])
-                if not reason and key in seen:
-                    reason = "duplicate"
-                if reason:
-                    flagged.append({"file": m["file"], "extname": m["extname"], "source": m["source"], "arm": m["arm"],
-                                    "exposure": m["exposure"], "snr": m["snr"], "reason": reason})
-                    log.warning("%s[%s]: flagged and skipped (%s)", m["file"], m["extname"], reason)
-                    continue
-                seen.add(key)
-                spectra.append(s)
+            ok, fl = self._screen(ss, {s.meta["source"]: s.meta["source"] for s in ss}, set())
+            spectra += ok
+            flagged += fl
         add_times(spectra)
         return spectra, flagged, failures
 
-    # ------------------------------------------------------------------ velocities
-    def measure(self, spectra: list) -> Table:
-        """Relative velocities of every spectrum, per arm, in batches of whole stars."""
+    def _screen(self, spectra: list, star_of_source: dict, seen: set) -> tuple[list, list[dict]]:
+        """Reader-flagged spectra and duplicates out (to flagged.ecsv); ``meta['star']`` set."""
+        ok, flagged = [], []
+        for s in spectra:
+            m = s.meta
+            m["star"] = star_of_source.get(m["file"], star_of_source.get(m["source"], m["source"]))
+            reason = m.get("flag", "")
+            key = (m["star"], m["arm"], m["exposure"], m["kind"])
+            if not reason and key in seen:
+                reason = "duplicate"
+            if reason:
+                flagged.append({"file": m["file"], "extname": m["extname"], "source": m["source"], "arm": m["arm"],
+                                "exposure": m["exposure"], "snr": m["snr"], "reason": reason})
+                log.warning("%s[%s]: flagged and skipped (%s)", m["file"], m["extname"], reason)
+                continue
+            seen.add(key)
+            ok.append(s)
+        return ok, flagged
+
+    # ------------------------------------------------------------------ 3. velocities
+    def measure(self, spectra: list, star_names: dict | None = None, star_ids: dict | None = None) -> Table:
+        """Relative velocities of every spectrum, per arm, each star against its highest-SNR spectrum
+        (``meta['star']``, else ``meta['source']``). Spectra below ``min_snr`` get rows with flag
+        FLAG_LOW_SNR and no velocity, and are never a reference."""
         rows: dict[str, list] = defaultdict(list)
+        star_names = star_names or {}
+        star_ids = star_ids or {}
         for arm in self.arms:
             sub = [s for s in spectra if s.meta["arm"] == arm]
             if not sub:
                 continue
             est = RelativeRV(window=self.windows[arm], device=self.device, **self.rv_kwargs)
-            by_star: dict[str, list] = defaultdict(list)
-            for s in sub:
-                by_star[s.meta["source"]].append(s)
+            low = [s for s in sub if not s.meta["snr"] >= self.min_snr]
+            good = [s for s in sub if s.meta["snr"] >= self.min_snr]
+            by_star: dict[Any, list] = defaultdict(list)
+            for s in good:
+                by_star[s.meta.get("star", s.meta["source"])].append(s)
             batches, cur = [], []
-            for star in sorted(by_star):
+            for star in sorted(by_star, key=str):
                 if cur and len(cur) + len(by_star[star]) > self.batch_size:
                     batches.append(cur)
                     cur = []
@@ -125,38 +238,45 @@ class RVPipeline:
             if cur:
                 batches.append(cur)
             t0 = time.perf_counter()
+            results = []
             for batch in batches:
                 wave, fl, iv = prepare_arm(batch, arm, continuum=self.continuum)
-                src = [s.meta["source"] for s in batch]
-                snr = [s.meta["snr"] for s in batch]
-                ref = reference_indices(src, snr)
+                src = [str(s.meta.get("star", s.meta["source"])) for s in batch]
+                ref = reference_indices(src, [s.meta["snr"] for s in batch])
                 res = est.measure(wave, fl, iv, ref)
                 for i, s in enumerate(batch):
-                    m = s.meta
-                    rows["source"].append(m["source"])
-                    rows["ra"].append(m.get("ra", np.nan))
-                    rows["dec"].append(m.get("dec", np.nan))
-                    rows["time"].append(m.get("bjd_tdb", np.nan))
-                    rows["hjd"].append(m.get("hjd", np.nan))
-                    rows["mjd"].append(m.get("mjd", np.nan))
-                    rows["spectrograph"].append(int(m.get("spid", -1)))
-                    rows["fiberid"].append(int(m.get("fiberid", -1)))
-                    rows["arm"].append(arm)
-                    rows["exposure"].append(str(m["exposure"]))
-                    rows["kind"].append(m["kind"])
-                    rows["snr"].append(m["snr"])
-                    rows["rv"].append(res.rv[i])
-                    rows["rv_err"].append(res.rv_err[i])
-                    rows["flag"].append(int(res.flag[i]))
-                    rows["lnp_max"].append(res.lnp_max[i])
-                    rows["chi2_red"].append(res.chi2_red[i])
-                    rows["n_pix"].append(int(res.n_pix[i]))
-                    rows["ref_exposure"].append(str(batch[ref[i]].meta["exposure"]))
-                    rows["file"].append(m["file"])
-                    rows["extname"].append(m["extname"])
+                    results.append((s, {"rv": res.rv[i], "rv_err": res.rv_err[i], "flag": int(res.flag[i]),
+                                        "lnp_max": res.lnp_max[i], "chi2_red": res.chi2_red[i],
+                                        "n_pix": int(res.n_pix[i]), "peak_dlnp": res.peak_dlnp[i],
+                                        "ref_exposure": str(batch[ref[i]].meta["exposure"])}))
+            for s in low:
+                results.append((s, {"rv": np.nan, "rv_err": np.nan, "flag": FLAG_LOW_SNR, "lnp_max": np.nan,
+                                    "chi2_red": np.nan, "n_pix": 0, "peak_dlnp": np.nan, "ref_exposure": ""}))
+            for s, r in results:
+                m = s.meta
+                star = m.get("star", m["source"])
+                rows["source"].append(str(star_names.get(star, star)))
+                rows["catalogue_id"].append(str(m["source"]))
+                rows["catalogue_ids"].append(str(star_ids.get(star, m["source"])))
+                rows["ra"].append(m.get("ra", np.nan))
+                rows["dec"].append(m.get("dec", np.nan))
+                rows["time"].append(m.get("bjd_tdb", np.nan))
+                rows["hjd"].append(m.get("hjd", np.nan))
+                rows["mjd"].append(m.get("mjd", np.nan))
+                rows["spectrograph"].append(int(m.get("spid", -1)))
+                rows["fiberid"].append(int(m.get("fiberid", -1)))
+                rows["planid"].append(str(m.get("planid", "")))
+                rows["arm"].append(arm)
+                rows["exposure"].append(str(m["exposure"]))
+                rows["kind"].append(m["kind"])
+                rows["snr"].append(m["snr"])
+                for k in ("rv", "rv_err", "flag", "lnp_max", "chi2_red", "n_pix", "peak_dlnp", "ref_exposure"):
+                    rows[k].append(r[k])
+                rows["file"].append(m["file"])
+                rows["extname"].append(m["extname"])
             dt = time.perf_counter() - t0
-            log.info("arm %s: %d relative velocities of %d stars in %.1f s (%.0f /s, device %s)", arm, len(sub),
-                     len(by_star), dt, len(sub) / max(dt, 1e-9), est.device)
+            log.info("arm %s: %d relative velocities of %d stars in %.1f s (%.0f /s, device %s); %d below S/N %g",
+                     arm, len(good), len(by_star), dt, len(good) / max(dt, 1e-9), est.device, len(low), self.min_snr)
         t = Table(dict(rows)) if rows else Table(names=["source", "exposure", "spectrograph", "arm", "rv"],
                                                  dtype=[str, str, int, str, float])
         if "rv" in t.colnames:
@@ -164,14 +284,96 @@ class RVPipeline:
                 t[c].unit = "km/s"
         return t
 
+    # ------------------------------------------------------------------ 4. streaming over files
+    def measure_files(self, files: list[Path]) -> tuple[Table, list[dict], list[dict], dict]:
+        """Scan, group by star, then read + measure chunks of whole stars, writing each chunk to
+        ``out_dir/.parts`` (resumable). Returns (velocity table, flagged, failures, info)."""
+        import shutil
+        from concurrent.futures import ThreadPoolExecutor
+
+        from astropy.table import vstack
+
+        from skyvar.utils.config import stable_hash
+
+        t0 = time.perf_counter()
+        scans, failures = self.scan(files)
+        star, names, ids = self.identify_stars(scans)
+        info = {"n_stars_matched": len(names),
+                "n_stars_multi_id": int(sum(len(set(x.split(","))) > 1 for x in ids))}
+        star_of_file = {m["path"]: int(k) for m, k in zip(scans, star)}
+        star_names = dict(enumerate(names))
+        star_ids = dict(enumerate(ids))
+        parts = self.out_dir / ".parts"
+        fp = stable_hash({"kind": self.kind, "arms": self.arms, "windows": self.windows, "min_snr": self.min_snr,
+                          "match_radius": self.match_radius, "rv": self.rv_kwargs, "continuum": self.continuum,
+                          "files": [m["path"] for m in scans]})
+        manifest = parts / "manifest.json"
+        if parts.exists() and (not self.resume or not manifest.exists()
+                               or json.loads(manifest.read_text()).get("fingerprint") != fp):
+            shutil.rmtree(parts)
+        parts.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(manifest, {"fingerprint": fp})
+        chunks = self._chunks(scans, star) if scans else []
+        done = {int(p.stem.split("-")[1]) for p in parts.glob("part-*.json")}
+        if done:
+            log.info("resuming: %d of %d chunks already measured in %s", len(done), len(chunks), parts)
+        todo = [k for k in range(len(chunks)) if k not in done]
+
+        def read_chunk(k):
+            return [self._read_file(scans[i]["path"]) for i in chunks[k]]
+
+        with ThreadPoolExecutor(self.read_workers) as pool:
+            fut = pool.submit(read_chunk, todo[0]) if todo else None
+            for j, k in enumerate(todo):
+                results = fut.result()
+                fut = pool.submit(read_chunk, todo[j + 1]) if j + 1 < len(todo) else None
+                spectra, flagged, fails = [], [], []
+                seen: set = set()
+                for ss, err in results:
+                    if err:
+                        log.error("skipping %s", err["error"])
+                        fails.append(err)
+                        continue
+                    ok, fl = self._screen(ss, star_of_file, seen)
+                    spectra += ok
+                    flagged += fl
+                add_times(spectra)
+                t = self.measure(spectra, star_names, star_ids)
+                del spectra, results
+                if len(t):
+                    write_table_atomic(t, parts / f"part-{k:06d}.fits")
+                write_json_atomic(parts / f"part-{k:06d}.json", {"flagged": flagged, "failures": fails, "n_rows": len(t)})
+                if self.progress:
+                    log.info("rv: chunk %d / %d (%.0f s)", k + 1, len(chunks), time.perf_counter() - t0)
+        tabs, flagged = [], []
+        for k in range(len(chunks)):
+            d = json.loads((parts / f"part-{k:06d}.json").read_text())
+            flagged += d["flagged"]
+            failures += d["failures"]
+            if d["n_rows"]:
+                tabs.append(Table.read(parts / f"part-{k:06d}.fits"))
+        t = vstack(tabs) if tabs else Table(names=["source", "exposure", "spectrograph", "arm", "rv"],
+                                            dtype=[str, str, int, str, float])
+        for c in ("source", "catalogue_id", "catalogue_ids", "planid", "arm", "exposure", "kind", "ref_exposure",
+                  "file", "extname"):
+            if c in t.colnames:
+                t[c] = [str(v) for v in t[c]]
+        for c in t.colnames:  # FITS parts come back masked where NaN: keep plain NaN (no velocity)
+            if hasattr(t[c], "filled") and t[c].dtype.kind == "f":
+                unit = t[c].unit
+                t[c] = np.asarray(t[c].filled(np.nan))
+                t[c].unit = unit
+        return t, flagged, failures, info
+
     # ------------------------------------------------------------------ calibration
     def calibrate(self, t: Table) -> tuple[Table, Table, Table, dict]:
         for c in ("source", "exposure", "spectrograph", "arm", "rv"):
             if c not in t.colnames:
                 raise ValueError(f"velocity table lacks column {c!r} (has {t.colnames})")
         rv_corr, zrows, srows = calibrate_catalog(
-            t["source"], t["exposure"], t["spectrograph"], t["arm"], np.asarray(t["rv"], dtype=float),
-            first_arm=self.first_arm, **self.calibration)
+            [str(x) for x in t["source"]], [str(x) for x in t["exposure"]], t["spectrograph"],
+            [str(x) for x in t["arm"]], np.asarray(t["rv"], dtype=float), first_arm=self.first_arm,
+            **self.calibration)
         t["rv_corr"] = rv_corr
         t["rv_corr"].unit = "km/s"
         zp = Table(rows=zrows) if zrows else Table(names=["spectrograph", "arm", "exposure", "zp"],
@@ -230,10 +432,11 @@ class RVPipeline:
             summary["input"] = str(inp)
         else:
             files = expand_inputs(inp)
-            spectra, flagged, failures = self.read_inputs(files)
-            summary.update({"input": str(inp), "n_files": len(files), "n_spectra": len(spectra),
-                            "n_flagged": len(flagged), "n_failed_files": len(failures)})
-            table = self.measure(spectra)
+            table, flagged, failures, minfo = self.measure_files(files)
+            n_low = int(np.sum((np.asarray(table["flag"]) & FLAG_LOW_SNR) != 0)) if len(table) else 0
+            summary.update({"input": str(inp), "n_files": len(files), "n_spectra": len(table),
+                            "n_flagged": len(flagged), "n_failed_files": len(failures),
+                            "n_below_min_snr": n_low, "min_snr": self.min_snr, **minfo})
         t, zp, cands, info = self.calibrate(table)
         summary.update(info)
         summary["n_velocities"] = len(t)
@@ -509,12 +712,10 @@ class RVPrecisionStudy:
                  n_mc: int = 200, v_range: float = 100.0, types: list | tuple = ("B", "A", "F", "G", "K", "M"),
                  arms: list | tuple = ("R", "B"), native_resolution: float = 8800.0, resolution: float = 7500.0,
                  teff_test: bool = True, ref_snr: float | None = None, seed: int = 8, device: str = "auto",
-                 rv: dict | None = None, continuum: dict | None = None, figures: bool = True, **_: Any):
-        import os
-
+                 rv: dict | None = None, continuum: dict | None = None, figures: bool = True):
         self.out_dir = Path(out_dir)
-        root = Path(os.environ.get("SKYVAR_ROOT", "."))
-        self.data_dir = Path(data_dir) if data_dir else root.parent / "shared" / "data"
+        # None: the templates shipped with skyvar (skyvar.spectra.resources); a directory: the full files
+        self.data_dir = Path(data_dir) if data_dir else None
         self.snr = [float(s) for s in snr]
         self.n_mc = int(n_mc)
         self.v_range = float(v_range)
@@ -534,7 +735,10 @@ class RVPrecisionStudy:
     def _redrock_models(self) -> dict:
         from scipy.interpolate import CubicSpline
 
-        from skyvar.spectra.templates import broaden_to_resolution, load_redrock_template, resample_linear
+        if self.data_dir is None:
+            return self._redrock_models_packaged()
+        from skyvar.spectra.resample import resample_linear
+        from skyvar.spectra.templates import broaden_to_resolution, load_redrock_template
 
         out = {}
         d = self.data_dir / "spectra" / "redrock"
@@ -559,10 +763,46 @@ class RVPrecisionStudy:
             out[f"redrock-{st}"] = lambda wave, cs=cs: cs(np.log10(wave))
         return out
 
+    def _redrock_models_packaged(self) -> dict:
+        """The per-class archetypes shipped with skyvar (native resolution, 1e-5 dex over both arms)."""
+        from scipy.interpolate import CubicSpline
+
+        from skyvar.spectra import resources
+        from skyvar.spectra.templates import broaden_to_resolution
+
+        z = resources.rv_templates()
+        out = {}
+        for st in self.types:
+            if f"redrock_{st}_R" not in z:
+                log.warning("no packaged redrock template for class %s; skipped", st)
+                continue
+            splines = {}
+            for arm in ("B", "R"):
+                ll = z[f"loglam_{arm}"]
+                f = broaden_to_resolution(z[f"redrock_{st}_{arm}"].astype(float), resources.RV_DLOGLAM,
+                                          self.resolution, native_resolution=self.native_resolution)
+                splines[arm] = CubicSpline(ll, f)
+            out[f"redrock-{st}"] = lambda wave, sp=splines: _arm_dispatch(
+                {a: (lambda w, c=c: c(np.log10(w))) for a, c in sp.items()}, wave)
+        return out
+
     def _mrs_model(self) -> dict:
         from skyvar.sim.rv_mock import band_limited_model
         from skyvar.spectra.mrs import read_mrs
 
+        if self.data_dir is None:
+            from skyvar.spectra import resources
+
+            z = resources.rv_templates()
+            models = {}
+            for arm in ("B", "R"):
+                ll = z[f"mrs_loglam_{arm}"].astype(np.float64)
+                step = np.round(np.median(np.diff(ll)), 8)
+                ll0 = ll[0] + np.median(ll - ll[0] - step * np.arange(len(ll)))
+                wave = 10 ** (ll0 + step * np.arange(len(ll)))
+                models[arm] = band_limited_model(wave, z[f"mrs_flux_{arm}"].astype(float), good=z[f"mrs_good_{arm}"],
+                                                 max_freq=0.25)
+            return {"MRS-real": lambda wave, m=models: _arm_dispatch(m, wave)}
         f = self.data_dir / "spectra" / "lamost_mrs" / "med-58408-TD230151N343645T01_sp01-015.fits"
         if not f.exists():
             log.warning("real MRS file %s not found; skipped", f)
@@ -582,6 +822,16 @@ class RVPrecisionStudy:
         from skyvar.sim.rv_mock import band_limited_model
         from skyvar.spectra.io import open_fits
 
+        if self.data_dir is None:
+            from skyvar.spectra import resources
+
+            z = resources.rv_templates()
+            w = z["bosz_5750_wave"]
+            f5750 = z["bosz_5750_norm"].astype(float)
+            f6750 = np.interp(w, z["bosz_6750_wave"], z["bosz_6750_norm"].astype(float))
+            curves = {"5750 K": f5750, "6250 K": 0.5 * (f5750 + f6750), "6750 K": f6750}
+            shape = (w / 5500.0) ** -2
+            return {k: band_limited_model(w, v * shape) for k, v in curves.items()}
         d = self.data_dir / "spectra" / "bosz"
         names = {5750: "amm03cp00op03t5750g40v20modrt0b2000rs.fits", 6750: "amm03cp00op03t6750g40v20modrt0b2000rs.fits"}
         norm = {}
@@ -706,3 +956,86 @@ def _figure_precision(tab: Table, path, title: str):
     fig.tight_layout()
     savefig_atomic(fig, path)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------- injections
+class RVInjectionStudy:
+    """Are the relative-RV uncertainties honest on real spectra? (issue 17 §1)
+
+    ``python infer.py pipeline=rv_injection input=<one LAMOST MRS file> out_dir=D`` — the file's single
+    exposures are Doppler-shifted by known velocities U(-v_range, v_range) and degraded with Gaussian noise
+    to each S/N of ``snr`` (:func:`skyvar.sim.rv_mock.shift_and_degrade`), ``n_per`` times per exposure,
+    and measured against the undegraded highest-S/N exposure with each estimator setting of ``settings``
+    (name -> RelativeRV keyword arguments). Truth = injected velocity + the exposure's own relative velocity
+    measured at full S/N (its error added in quadrature to the pulls). Writes ``D/injections.ecsv`` (one row
+    per setting, arm and S/N: scatter, median quoted error, pull standard deviation and 1.4826 MAD, the
+    fraction without a velocity) and ``D/summary.json``.
+    """
+
+    def __init__(self, out_dir: str, input: str | None = None, snr: list | tuple = (3, 5, 8, 12, 20, 35),
+                 n_per: int = 10, v_range: float = 120.0, arms: list | tuple = ("R", "B"), seed: int = 11,
+                 settings: dict | None = None, device: str = "cpu"):
+        self.out_dir = Path(out_dir)
+        self.input = input
+        self.snr = [float(s) for s in snr]
+        self.n_per = int(n_per)
+        self.v_range = float(v_range)
+        self.arms = [str(a).upper()[:1] for a in arms]
+        self.seed = int(seed)
+        self.settings = dict(settings or {"paper (no low-pass, fit sigma)": {},
+                                          "pipeline (lowpass 0.2, err_scale 1.4)": DEFAULT_RV})
+        self.device = device
+
+    def run(self) -> dict:
+        from skyvar.sim.rv_mock import shift_and_degrade
+
+        if self.input is None:
+            raise ValueError("rv_injection needs input=<a LAMOST MRS file with several single exposures>, e.g. "
+                             "../shared/data/spectra/lamost_mrs/med-58408-TD230151N343645T01_sp01-015.fits")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        rows = []
+        for arm in self.arms:
+            singles = [s for s in read_mrs(self.input, kind="single", arms=(arm,), times=False) if not s.meta["flag"]]
+            ref = max(singles, key=lambda s: s.meta["snr"])
+            others = [s for s in singles if s is not ref]
+            for name, kw in self.settings.items():
+                rng = np.random.default_rng(self.seed)
+                est = RelativeRV(window=self.windows(arm), device=self.device, **kw)
+                w, fl, iv = prepare_arm([ref] + others, arm)
+                base = est.measure(w, fl, iv, np.zeros(len(others) + 1, int))
+                specs, truth, terr, snrs = [ref], [0.0], [0.0], [np.inf]
+                for j, e in enumerate(others):
+                    for snr in self.snr:
+                        for _ in range(self.n_per):
+                            v = rng.uniform(-self.v_range, self.v_range)
+                            specs.append(shift_and_degrade(e, v, snr, rng))
+                            truth.append(v + base.rv[j + 1])
+                            terr.append(base.rv_err[j + 1])
+                            snrs.append(snr)
+                w, fl, iv = prepare_arm(specs, arm)
+                res = est.measure(w, fl, iv, np.zeros(len(specs), int))
+                truth, terr, snrs = np.array(truth), np.array(terr), np.array(snrs)
+                for snr in self.snr:
+                    sel = snrs == snr
+                    ok = sel & np.isfinite(res.rv)
+                    d = res.rv[ok] - truth[ok]
+                    pull = d / np.hypot(res.rv_err[ok], terr[ok])
+                    rows.append({"setting": name, "arm": arm, "snr": snr, "n": int(sel.sum()),
+                                 "frac_no_velocity": float(1 - ok.sum() / max(sel.sum(), 1)),
+                                 "scatter": float(np.std(d)) if ok.any() else np.nan,
+                                 "median_err": float(np.median(res.rv_err[ok])) if ok.any() else np.nan,
+                                 "pull_std": float(np.std(pull)) if ok.any() else np.nan,
+                                 "pull_mad": float(1.4826 * np.median(np.abs(pull - np.median(pull)))) if ok.any() else np.nan})
+        tab = Table(rows=rows)
+        for c in ("scatter", "median_err"):
+            tab[c].unit = "km/s"
+        tab.meta.update({"input": str(self.input), "n_per": self.n_per, "v_range": self.v_range, "seed": self.seed})
+        write_table_atomic(tab, self.out_dir / "injections.ecsv")
+        summary = {"n_rows": len(tab), "runtime_s": round(time.perf_counter() - t0, 1)}
+        write_json_atomic(self.out_dir / "summary.json", summary)
+        return summary
+
+    @staticmethod
+    def windows(arm: str):
+        return WINDOWS[arm]

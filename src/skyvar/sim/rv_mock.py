@@ -375,3 +375,101 @@ def main(overrides: list[str]) -> int:
     write_table_atomic(stars, out / "stars.ecsv")
     log.info("rv_mock: %d stars x %d exposures -> %s", len(stars), cfg.n_exposures, out / "rv.ecsv")
     return 0
+
+
+# ----------------------------------------------------------------------------- real spectra, shifted
+def shift_and_degrade(spectrum, v_kms: float, snr: float | None, rng: np.random.Generator):
+    """A copy of a real spectrum Doppler-shifted by ``v_kms`` [km/s] and, if ``snr`` is given and below the
+    spectrum's own, degraded with Gaussian noise to a per-pixel S/N of ``snr`` at the median flux.
+
+    The flux is re-sampled with a cubic spline in log λ through the good pixels (the MRS line spread
+    function spans ~6 pixels, so the spline is accurate to well below the noise); the inverse variance is
+    moved with the same shift and, after degradation, 1 / (1/ivar + sigma_added²). ``meta['snr']`` becomes
+    ``snr``; ``meta['v_injected']`` records the shift. For injection tests of the relative-RV errors.
+    """
+    from scipy.interpolate import CubicSpline
+
+    from skyvar.spectra.resample import resample_linear
+    from skyvar.spectra.rv import C_KMS
+    from skyvar.spectra.spectrum import Spectrum
+
+    b = v_kms / C_KMS
+    D = np.sqrt((1 + b) / (1 - b))
+    ll = np.log10(spectrum.wavelength)
+    good = spectrum.good
+    cs = CubicSpline(ll[good], spectrum.flux[good])
+    src = ll - np.log10(D)  # the shifted spectrum at λ shows the original at λ / D
+    flux = cs(src)
+    _, ivar, bad = resample_linear(src, ll, spectrum.flux, spectrum.ivar, spectrum.mask)
+    bad = bad | (src < ll[good][0]) | (src > ll[good][-1])
+    meta = dict(spectrum.meta)
+    meta["v_injected"] = float(v_kms)
+    if snr is not None:
+        med = float(np.median(flux[~bad]))
+        sig_t = med / snr
+        add = np.sqrt(np.clip(sig_t**2 - 1.0 / np.where(ivar > 0, ivar, np.inf), 0.0, None))
+        flux = flux + add * rng.standard_normal(len(flux))
+        ivar = np.where(bad, 0.0, 1.0 / (1.0 / np.where(ivar > 0, ivar, 1.0) + add**2))
+        meta["snr"] = float(snr)
+    return Spectrum(wavelength=spectrum.wavelength.copy(), flux=flux, ivar=np.where(bad, 0.0, ivar), mask=bad,
+                    vacuum=spectrum.vacuum, meta=meta)
+
+
+# Three plans of one star, rebuilt from the single real MRS file: (plan id, days after the real night,
+# catalogue id written as OBJNAME, designation, spectrograph, fibre, exposures (indices of the real
+# single exposures), offset of the written position [arcsec] (real files of one star differ by < 1")).
+CROSS_PLANS = (
+    ("TD230151N343645T01", 0, "1886955093649969280", "LAMOST J230311.44+321335.5", 1, 15, (0, 1, 2), (0.0, 0.0)),
+    ("HD230117N321507B01", 31, "PM230311+3213", "LAMOST J230311.45+321335.4", 7, 112, (3, 4), (0.3, -0.4)),
+    ("NT230311N321335M02", 367, "2MASS J23031144+3213355", "LAMOST J230311.43+321335.6", 12, 233, (5, 6),
+     (-0.5, 0.2)),
+)
+
+
+def cross_plan_binary_files(mrs_file, out_dir, k_kms: float = 25.0, period_days: float = 17.3, t0_mjd: float = 58400.0,
+                            plans=CROSS_PLANS, arms=("B", "R")) -> Table:
+    """The multi-plan spectroscopic binary of issue 17, rebuilt from one real LAMOST MRS file.
+
+    The real file holds one star (Gaia DR2 1886955093649969280) observed 7 times on one night. Its 7 single
+    exposures (both arms) are split over three "plans" and written as three MRS-layout files, each with
+    the plan's own PLANID, catalogue id (OBJNAME), designation, OBSID, spectrograph and fibre, LMJD and
+    exposure times (LMJM) moved by the plan's day offset, and RA/Dec offset by under 0.6 arcsec. Every
+    exposure is Doppler-shifted (:func:`shift_and_degrade`, no added noise) by a circular orbit
+    ``k_kms sin(2 pi (t - t0) / period_days)`` evaluated at its new mid-exposure time. Returns the truth
+    table (file, plan, catalogue_id, arm, exposure, v_injected [km/s]); the real exposures' own relative
+    velocities (±0.7 km/s within the night) come on top.
+    """
+    from skyvar.spectra.mrs import lmjm_to_mjd_mid, read_mrs
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    singles = read_mrs(mrs_file, kind="single", arms=arms, times=False)
+    lmjms = sorted({s.meta["lmjm"] for s in singles})
+    rng = np.random.default_rng(0)
+    m0 = singles[0].meta
+    rows = []
+    for plan, days, objname, desig, spid, fiber, idx, (dra, ddec) in plans:
+        exps = []
+        for s in singles:
+            j = lmjms.index(s.meta["lmjm"])
+            if j not in idx:
+                continue
+            lmjm = int(s.meta["lmjm"]) + int(days) * 1440
+            t = lmjm_to_mjd_mid(lmjm, s.meta["exptime"])
+            v = k_kms * np.sin(2 * np.pi * (t - t0_mjd) / period_days)
+            sh = shift_and_degrade(s, v, None, rng)
+            exps.append({"arm": s.meta["arm"], "lmjm": lmjm, "wave": sh.wavelength, "flux": sh.flux,
+                         "ivar": np.where(sh.mask, 0.0, sh.ivar), "snr": s.meta["snr"],
+                         "pixmask": sh.mask.astype(np.int16), "exptime": s.meta["exptime"]})
+            rows.append({"plan": plan, "catalogue_id": objname, "arm": s.meta["arm"], "exposure": str(lmjm),
+                         "real_exposure": str(s.meta["lmjm"]), "v_injected": v})
+        dec = m0["dec"] + ddec / 3600.0
+        header = {"OBSID": 681001015 + 1000 * spid + fiber, "RA": m0["ra"] + dra / 3600.0 / np.cos(np.radians(dec)),
+                  "DEC": dec, "OBJNAME": objname, "DESIG": desig, "PLANID": plan, "LMJD": int(m0["lmjd"]) + int(days),
+                  "SPID": spid, "FIBERID": fiber, "LONGITUD": m0["site"]["lon"], "LATITUDE": m0["site"]["lat"],
+                  "HELIO": True, "VACUUM": True, "DATA_V": "LAMOST DR7 (skyvar cross-plan rebuild)"}
+        name = f"med-{int(m0['lmjd']) + int(days)}-{plan}_sp{spid:02d}-{fiber:03d}.fits"
+        write_mrs_fits(out_dir / name, header, exps)
+        for r in rows:
+            r.setdefault("file", name)
+    return Table(rows=rows)

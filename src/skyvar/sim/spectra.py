@@ -1,33 +1,51 @@
 """``python -m skyvar.sim spectra survey=lamost_lrs key=value ...``: LAMOST-like single and binary spectra.
 
-The training set of the binary-star CNN (Jing et al.), rebuilt from templates because the paper's
-Gaia-CMD-labelled LAMOST sample is not public:
+The training and test sets of the binary-star CNN (Jing et al.), rebuilt from templates because the
+paper's Gaia-CMD-labelled LAMOST sample is not public. Runs from the package alone: the templates and
+the noise shape are shipped in ``skyvar/resources/spectra`` (``redrock_dir`` / ``noise_reference_dir``
+point at the full files instead).
 
-- **Stars**: main-sequence primaries with 3800 < Teff < 6500 K drawn from the redrock archetypes (and
-  BOSZ models), broadened to R ≈ 1800 (``skyvar.spectra.templates``). Redrock archetypes carry no log g,
-  so the paper's log g > 4 cut cannot be applied to them (stated in the docs).
-- **Binaries**: a secondary of mass ``q * M1`` (main-sequence mass–Teff relation) is the library entry
-  of nearest Teff; each component is scaled to its main-sequence absolute V magnitude (the flux ratio
-  in the band follows the mass–luminosity relation) and Doppler-shifted by its own radial velocity:
-  ``v1 = v0 + Δv q/(1+q)``, ``v2 = v0 - Δv/(1+q)`` (momentum conservation about the systemic v0) with
-  |Δv| uniform in [0, ``drv_max``] km/s — mostly unresolved at R ≈ 1800 (167 km/s FWHM).
-- **Labels and subsets** as the paper: ``single`` (label 0) and intermediate mass-ratio binaries
-  ``binary_mid`` (q in ``q_train``, label 1) at ``n_single : n_binary`` ≈ 18 : 1, split 80/10/10;
-  ``binary_eval``: binaries with q uniform in [``q_min``, 1] (high-q and low-q included) kept for
-  evaluation only (split ``eval``).
-- **Observation**: interstellar extinction (CCM89, R_V = 3.1, E(B−V) uniform in [0, ``ebv_max``]),
-  a smooth multiplicative flux-calibration error, LAMOST-like per-pixel noise: variance
-  ``f / (K G(λ))`` where ``G(λ)`` is the median of ``flux * ivar`` of the real LAMOST files in
-  ``noise_reference_dir`` (throughput, dichroic and sky-line structure included) and ``K`` sets the
-  median S/N per pixel over 4000–5300 Å to ``SNR_g`` (log-uniform in [``snr_min``, ``snr_max``]);
-  sky-subtraction residuals at sky-line pixels, cosmic-ray hits and occasional masked chunks.
+- **Stars**: main-sequence primaries with 3800 < Teff < 6500 K drawn from the redrock F/G/K/M
+  archetypes broadened to R ≈ 1800 (``skyvar.spectra.templates``). The archetypes carry no log g or
+  [Fe/H] (the paper's log g > 4 cut cannot be applied); Teff is estimated from their colour.
+- **Split by template**: every library template belongs to one of train/val/test (80/10/10,
+  ``split_fractions``, seeded); a spectrum of a split is built only from that split's templates (both
+  components of a binary), so no test star shares a template with a training star.
+- **Binaries** (``dv_distribution='orbit'``, default): primary mass from Teff on the Pecaut & Mamajek
+  (2013) dwarf sequence; mass ratio q uniform in [``q_min``, 1] (Raghavan et al. 2010: flat between
+  0.2 and 0.95); log-normal periods (Raghavan et al. 2010: mean log P = 5.03, sigma 2.28, P in days)
+  truncated to separations between 2.5 (R1 + R2) and ``a_max_au`` (wider pairs are resolved by Gaia
+  and a LAMOST fibre); circular below 12 d, eccentricity uniform in [0, ``e_max``] above; isotropic
+  inclination, uniform mean anomaly and periastron argument. The secondary's Teff, radius,
+  luminosity and absolute V, G, Ks magnitudes come from the same dwarf sequence at M2 = q M1; its
+  template is, among the 10 templates of the split nearest to that Teff, the one whose metallicity
+  proxy (Lick Mgb + Fe5270 + Fe5335 strength relative to templates of the same Teff) is closest to the
+  primary's — the archetypes have no [Fe/H], this keeps the pair chemically alike. Velocities:
+  ``v1 = v0 + Δv q/(1+q)``, ``v2 = v0 - Δv/(1+q)`` with Δv the relative orbital velocity at the
+  drawn phase. ``dv_distribution='uniform'`` draws |Δv| uniform in [0, ``drv_max``] (the v1 mock of
+  the first released model: line splitting dominates there).
+- **Labels**. ``label_mode='mass_ratio'`` (default): ``single`` (label 0) and ``binary_mid``
+  (q in [``q_train_min``, ``q_train_max``], label 1) — the paper's intermediate-mass-ratio class.
+  ``label_mode='cmd'``: the paper's own labelling — systems of the population (``binary_pop``: q in
+  [q_min, 1]) and singles are placed on the Gaia colour–magnitude diagram (M_G versus G − Ks of the
+  summed light) and labelled by the offset above the single-star sequence at the same colour,
+  ΔM_G + N(0, ``cmd_sigma``): single if |ΔM_G| < 0.25, binary if −0.5 < ΔM_G < −0.25, excluded
+  (split ``excluded``) otherwise; low-q binaries thus count as singles, as in the paper.
+  ``binary_eval``: binaries of the realistic population (all q) from the *test* templates, split
+  ``eval``, for per-|Δv| / per-light-ratio / population metrics. Every binary row records q, light
+  ratio (V-band F2/F1), |Δv|, period, eccentricity, inclination, ΔM_G and the CMD label.
+- **Observation**: CCM89 extinction (E(B−V) uniform in [0, ``ebv_max``]), a smooth multiplicative
+  flux-calibration error, LAMOST-like per-pixel noise: variance ``(f + b) / (K G(λ))`` where ``G(λ)``
+  is the median ``flux * ivar`` shape of real LAMOST files (packaged) and ``K`` sets the median S/N per
+  pixel over 4000–5300 Å to ``SNR_g`` (log-uniform in [``snr_min``, ``snr_max``]); ``b`` a sky/read
+  floor; sky-subtraction residuals at sky-line pixels, cosmic-ray hits and occasional masked chunks.
 
 Outputs in ``out_dir`` (numpy arrays memory-mappable, rows = spectra on the LAMOST native grid):
 ``wavelength.npy`` (Å, vacuum), ``flux.npy``, ``ivar.npy`` (float32), ``andmask.npy`` (uint8),
-``meta.parquet`` (one row per spectrum: id, label, subset, split, q, teff1, teff2, mass1, mass2,
-rv1, rv2, snr_g, ebv, template indices) and ``config.json``. ``write_fits=N`` also writes the first
-N spectra of the test split and of the eval subset as LAMOST-layout FITS files under ``fits/``.
-Same config and seed give the same data.
+``meta.parquet`` (one row per spectrum: id, label, subset, split, is_binary, q, light_ratio, dv_abs,
+period, ecc, incl, dm_g, label_cmd, teff1, teff2, mass1, mass2, rv1, rv2, snr_g, ebv, template
+indices) and ``config.json``. ``write_fits=N`` also writes the first N spectra of the test split and
+of the eval subset as LAMOST-layout FITS files under ``fits/``. Same config and seed give the same data.
 """
 
 from __future__ import annotations
@@ -46,7 +64,11 @@ from skyvar.utils.log import get_logger
 log = get_logger(__name__)
 
 C_KMS = 299792.458
-SUBSETS = ("single", "binary_mid", "binary_eval")
+G_SI = 6.674e-11
+MSUN_KG = 1.98892e30
+RSUN_M = 6.957e8
+AU_M = 1.495978707e11
+SUBSETS = ("single", "binary_mid", "binary_pop", "binary_eval")
 
 
 @dataclasses.dataclass
@@ -55,29 +77,46 @@ class SpectraSimConfig:
     out_dir: str = "datasets/lamost_lrs_sim"
     seed: int = 2025
     n_single: int = 36000
-    n_binary: int = 2000  # intermediate-q binaries (label 1), ≈ 1:18 as the paper
-    n_eval_binary: int = 3000  # q uniform in [q_min, 1]: evaluation only
+    n_binary: int = 4000  # training-side binaries (binary_mid or binary_pop)
+    n_eval_binary: int = 3000  # realistic population from the test templates: evaluation only
+    label_mode: str = "mass_ratio"  # mass_ratio | cmd
     q_train_min: float = 0.71
     q_train_max: float = 0.93
-    q_min: float = 0.3
+    q_min: float = 0.1
+    dv_distribution: str = "orbit"  # orbit (realistic population) | uniform (|Δv| ~ U(0, drv_max))
+    logp_mean: float = 5.03  # log10 P [d], Raghavan et al. 2010
+    logp_sigma: float = 2.28
+    a_max_au: float = 1000.0  # wider pairs are resolved (not one LAMOST/Gaia source)
+    e_max: float = 0.6
+    p_circ_days: float = 12.0
+    cmd_sigma: float = 0.1  # mag, scatter of the observed offset from the single-star sequence
     teff_min: float = 3800.0
     teff_max: float = 6500.0
-    bosz_fraction: float = 0.03  # share of primaries drawn from the BOSZ models (known Teff, log g >= 4)
     resolution: float = 1800.0
     snr_min: float = 20.0
     snr_max: float = 300.0
     rv_sys_sigma: float = 40.0  # km/s, systemic velocity spread
-    drv_max: float = 150.0  # km/s, maximum |v1 - v2|
+    drv_max: float = 150.0  # km/s, maximum |v1 - v2| of dv_distribution=uniform
     ebv_max: float = 0.3
     fluxcal_sigma: float = 0.05  # rms of the smooth multiplicative calibration error
     sky_floor: float = 0.02  # variance floor (sky + read noise) as a fraction of the median g-band flux
     sky_residual: float = 2.0  # residual amplitude at sky lines in units of the pixel sigma
     cosmic_rate: float = 0.5  # mean cosmic-ray hits per spectrum (unmasked)
     bad_chunk_prob: float = 0.05  # probability of a masked chunk (ANDMASK set, ivar 0)
+    # Star-to-star and instrument differences the 5-component PCA templates lack (the domain gap measured on
+    # real LAMOST spectra, docs/results/binary_spectra.md): every component's line depths (its deviation from
+    # its own smooth pseudo-continuum) are scaled by 1 + eps(λ), eps a Gaussian random field of rms
+    # line_depth_scatter and correlation length line_depth_scale [Å]; the summed spectrum gets a multiplicative
+    # ripple of rms ripple_amplitude and scale ripple_scale [Å] (flat-field / flux-calibration residuals).
+    line_depth_scatter: float = 0.45
+    line_depth_scale: float = 30.0
+    ripple_amplitude: float = 0.01
+    ripple_scale: float = 80.0
     split_fractions: list = dataclasses.field(default_factory=lambda: [0.8, 0.1, 0.1])
-    redrock_dir: str = "${oc.env:SKYVAR_SHARED,../shared}/data/spectra/redrock"
-    bosz_dir: str = "${oc.env:SKYVAR_SHARED,../shared}/data/spectra/bosz"
-    noise_reference_dir: str = "${oc.env:SKYVAR_SHARED,../shared}/data/spectra/lamost_lrs"
+    redrock_dir: str | None = None  # None: the templates shipped with skyvar
+    bosz_dir: str | None = None  # BOSZ models as extra primaries (needs bosz_fraction > 0)
+    bosz_fraction: float = 0.0
+    noise_reference_dir: str | None = None  # None: the packaged noise shape of the real LAMOST files
     chunk: int = 1000
     write_fits: int = 0
 
@@ -123,11 +162,17 @@ def noise_gain_curve(reference_dir: str | Path | None, wave: np.ndarray) -> np.n
     """Relative counts per flux unit G(λ) (median g-band value 1) from real LAMOST files' ``flux * ivar``.
 
     For photon noise ivar = K G / f, so ``flux * ivar`` traces throughput (and sky-line variance). The median
-    over files removes each star's own features. Without reference files: a smooth blue-weak fallback.
+    over files removes each star's own features. ``reference_dir=None``: the curve measured on the 11 shared
+    LAMOST files, shipped with the package; a directory without usable files: a smooth blue-weak fallback.
     """
     from skyvar.spectra.io import SpectrumError, read_lamost_lrs
     from skyvar.utils.inputs import expand_inputs
 
+    if reference_dir is None:  # the shape measured on the shared real files, shipped with the package
+        from skyvar.spectra.resources import lrs_noise_gain
+
+        w, G = lrs_noise_gain()
+        return np.interp(wave, w, G).astype(np.float64)
     curves = []
     if reference_dir is not None and Path(reference_dir).exists():
         for f in expand_inputs(reference_dir):
@@ -163,13 +208,26 @@ def _library(redrock_dir: str, bosz_dir: str | None, resolution: float):
 
 def _shift_rows(spec: np.ndarray, shift_pix: np.ndarray) -> np.ndarray:
     """Rows of ``spec`` moved by ``shift_pix`` fine pixels (to the red for positive), linear interpolation."""
-    n = spec.shape[1]
-    pos = np.arange(n)[None, :] - shift_pix[:, None]
-    i0 = np.clip(np.floor(pos).astype(np.int64), 0, n - 2)
-    t = np.clip(pos - i0, 0.0, 1.0).astype(np.float32)
-    a = np.take_along_axis(spec, i0, axis=1)
-    b = np.take_along_axis(spec, i0 + 1, axis=1)
-    return a * (1 - t) + b * t
+    from skyvar.spectra.resample import resample_linear
+
+    g = np.arange(spec.shape[1], dtype=np.float64)
+    return resample_linear(g[None, :] - np.asarray(shift_pix, dtype=np.float64)[:, None], g, spec)
+
+
+def _fine_pixels(scale_A: float) -> float:
+    """Fine pixels spanned by ``scale_A`` Å at 5500 Å."""
+    return scale_A / (5500.0 * np.log(10) * LAMOST_DLOG / FINE)
+
+
+def _box_smooth(a: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian-like smoothing of rows (three passes of a box of width ~ sigma sqrt(4)): O(n) per pass."""
+    from scipy.ndimage import uniform_filter1d
+
+    w = max(int(round(2.0 * sigma_px)), 1)
+    out = np.asarray(a, dtype=np.float32)
+    for _ in range(3):
+        out = uniform_filter1d(out, w, axis=-1, mode="nearest")
+    return out
 
 
 def _bin_to_native(fine: np.ndarray) -> np.ndarray:
@@ -183,8 +241,100 @@ def _vband_weight(wave: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
+# ---------------------------------------------------------------------------------------------- orbits
+def solve_kepler(mean_anomaly: np.ndarray, e: np.ndarray, n_iter: int = 30) -> np.ndarray:
+    """Eccentric anomaly E from M = E - e sin E (Newton's method, vectorised; e < 1)."""
+    M = np.mod(np.asarray(mean_anomaly, dtype=float), 2 * np.pi)
+    e = np.asarray(e, dtype=float)
+    E = np.where(e > 0.8, np.pi * np.ones_like(M), M)
+    for _ in range(n_iter):
+        E = E - (E - e * np.sin(E) - M) / (1 - e * np.cos(E))
+    return E
+
+
+def draw_orbits(rng: np.random.Generator, m1, m2, cfg: SpectraSimConfig) -> dict:
+    """Orbits of binaries with masses ``m1``, ``m2`` [Msun] (see the module docstring for the laws).
+
+    Returns period [d], semi-major axis [AU], eccentricity, inclination [deg], the relative velocity
+    semi-amplitude k_rel = K1 + K2 [km/s] and dv = v1 - v2 [km/s] at a uniformly drawn mean anomaly.
+    """
+    from skyvar.spectra.templates import ms_radius_from_mass
+
+    m1 = np.asarray(m1, dtype=float)
+    m2 = np.asarray(m2, dtype=float)
+    n = len(m1)
+    mt = (m1 + m2) * MSUN_KG
+    a_min = 2.5 * (ms_radius_from_mass(m1) + ms_radius_from_mass(m2)) * RSUN_M  # m: no contact/Roche overflow
+
+    def period_of(a_m):
+        return 2 * np.pi * np.sqrt(a_m**3 / (G_SI * mt)) / 86400.0
+
+    lo = np.log10(period_of(a_min))
+    hi = np.log10(period_of(cfg.a_max_au * AU_M))
+    logp = np.full(n, np.nan)
+    todo = np.arange(n)
+    for _ in range(1000):  # truncated log-normal by rejection (a few rounds at most)
+        if not len(todo):
+            break
+        x = rng.normal(cfg.logp_mean, cfg.logp_sigma, len(todo))
+        ok = (x > lo[todo]) & (x < hi[todo])
+        logp[todo[ok]] = x[ok]
+        todo = todo[~ok]
+    if len(todo):  # pragma: no cover - only for absurd limits
+        logp[todo] = rng.uniform(lo[todo], hi[todo])
+    P = 10**logp
+    a = (G_SI * mt * (P * 86400.0) ** 2 / (4 * np.pi**2)) ** (1 / 3)
+    e = np.where(P > cfg.p_circ_days, rng.uniform(0.0, cfg.e_max, n), 0.0)
+    cosi = rng.uniform(0.0, 1.0, n)
+    sini = np.sqrt(1 - cosi**2)
+    omega = rng.uniform(0, 2 * np.pi, n)
+    E = solve_kepler(rng.uniform(0, 2 * np.pi, n), e)
+    nu = 2 * np.arctan2(np.sqrt(1 + e) * np.sin(E / 2), np.sqrt(1 - e) * np.cos(E / 2))
+    k_rel = 2 * np.pi * a * sini / (P * 86400.0 * np.sqrt(1 - e**2)) / 1e3
+    dv = k_rel * (np.cos(nu + omega) + e * np.cos(omega))
+    return {"period": P, "a_au": a / AU_M, "ecc": e, "incl": np.degrees(np.arccos(cosi)), "k_rel": k_rel, "dv": dv}
+
+
+# ------------------------------------------------------------------------------------------------- CMD
+def cmd_offset(mass1, mass2=None) -> np.ndarray:
+    """ΔM_G of a system above the single-star sequence at its G − Ks colour (negative = brighter), the
+    paper's binary indicator (Liu 2019; Jing et al.), from the Pecaut & Mamajek dwarf sequence.
+
+    ``mass2`` NaN or None: a single star (offset 0 by construction)."""
+    from skyvar.spectra.templates import MAIN_SEQUENCE, ms_absmag_from_mass
+
+    m1 = np.asarray(mass1, dtype=float)
+    m2 = np.full_like(m1, np.nan) if mass2 is None else np.asarray(mass2, dtype=float)
+    g1, k1 = ms_absmag_from_mass(m1, "mg"), ms_absmag_from_mass(m1, "mks")
+    has2 = np.isfinite(m2)
+    g2 = np.where(has2, ms_absmag_from_mass(np.where(has2, m2, 1.0), "mg"), np.inf)
+    k2 = np.where(has2, ms_absmag_from_mass(np.where(has2, m2, 1.0), "mks"), np.inf)
+    g = -2.5 * np.log10(10 ** (-0.4 * g1) + 10 ** (-0.4 * g2))
+    k = -2.5 * np.log10(10 ** (-0.4 * k1) + 10 ** (-0.4 * k2))
+    seq_c = (MAIN_SEQUENCE["mg"] - MAIN_SEQUENCE["mks"])[::-1]  # increasing with decreasing mass
+    seq_g = MAIN_SEQUENCE["mg"][::-1][np.argsort(seq_c)]
+    seq_c = np.sort(seq_c)
+    return g - np.interp(g - k, seq_c, seq_g)
+
+
+def cmd_label(dm_obs) -> np.ndarray:
+    """The paper's classes from the observed offset: 0 single (|ΔM_G| < 0.25), 1 binary
+    (−0.5 < ΔM_G < −0.25), −1 excluded (ΔM_G <= −0.5 high mass ratio, or >= 0.25)."""
+    dm = np.asarray(dm_obs, dtype=float)
+    out = np.full(dm.shape, -1, dtype=np.int8)
+    out[np.abs(dm) < 0.25] = 0
+    out[(dm > -0.5) & (dm <= -0.25)] = 1
+    return out
+
+
 class SpectraSimulator:
     def __init__(self, cfg: SpectraSimConfig):
+        from skyvar.spectra.templates import metallicity_proxy
+
+        if cfg.label_mode not in ("mass_ratio", "cmd"):
+            raise ValueError(f"label_mode must be 'mass_ratio' or 'cmd', got {cfg.label_mode!r}")
+        if cfg.dv_distribution not in ("orbit", "uniform"):
+            raise ValueError(f"dv_distribution must be 'orbit' or 'uniform', got {cfg.dv_distribution!r}")
         self.cfg = cfg
         self.loglam = fine_loglam()
         self.fine_wave = 10**self.loglam
@@ -199,51 +349,118 @@ class SpectraSimulator:
         self.sky_pix = self.gain < 0.6 * median_filter(self.gain, 41, mode="nearest")
         self.vweight = _vband_weight(self.fine_wave).astype(np.float32)
         teff = self.lib.teff
+        # metallicity proxy of every template (Lick indices over 4800-5400 Å only: cheap)
+        sl = (self.fine_wave > 4780) & (self.fine_wave < 5420)
+        spec = self.lib.coeff @ self.lib.basis[:, sl]
+        self.zmet = metallicity_proxy(self.fine_wave[sl], spec, teff)
+        # split by template: each library entry belongs to train, val or test
+        trng = np.random.default_rng([cfg.seed, 17])
+        f = np.asarray(cfg.split_fractions, dtype=float)
+        f = f / f.sum()
+        perm = trng.permutation(len(self.lib))
+        n_tr, n_va = int(round(f[0] * len(perm))), int(round(f[1] * len(perm)))
+        self.template_split = np.empty(len(self.lib), dtype=object)
+        self.template_split[perm[:n_tr]] = "train"
+        self.template_split[perm[n_tr:n_tr + n_va]] = "val"
+        self.template_split[perm[n_tr + n_va:]] = "test"
+        self.template_split = self.template_split.astype(str)
         in_range = (teff > cfg.teff_min) & (teff < cfg.teff_max)
         is_bosz = self.lib.source == "bosz"
-        self.primary_rr = np.flatnonzero(in_range & ~is_bosz)
-        self.primary_bosz = np.flatnonzero(in_range & is_bosz)
-        self.secondary_pool = np.flatnonzero(~is_bosz)
-        if len(self.primary_rr) == 0:
-            raise ValueError("no template in the primary Teff range")
-        order = np.argsort(teff[self.secondary_pool])
-        self.secondary_sorted = self.secondary_pool[order]
-        self.secondary_teff = teff[self.secondary_sorted]
+        self.pools = {}
+        for s in ("train", "val", "test"):
+            here = self.template_split == s
+            prim = np.flatnonzero(in_range & ~is_bosz & here)
+            sec = np.flatnonzero(~is_bosz & here)
+            if len(prim) == 0:
+                raise ValueError(f"no template in the primary Teff range for split {s}")
+            order = np.argsort(teff[sec], kind="stable")
+            self.pools[s] = {"primary": prim, "primary_bosz": np.flatnonzero(in_range & is_bosz & here),
+                             "secondary": sec[order], "secondary_teff": teff[sec[order]]}
 
     # ------------------------------------------------------------------ draws
-    def draw_parameters(self, rng: np.random.Generator, subset: np.ndarray) -> dict:
-        from skyvar.spectra.templates import ms_mass_from_teff, ms_teff_from_mass
+    def _secondary_templates(self, rng, split: np.ndarray, teff2: np.ndarray, t1: np.ndarray, k: int = 10):
+        """Among the ``k`` templates of the row's split nearest to ``teff2``, the one whose metallicity
+        proxy is closest to the primary's (ties broken at random)."""
+        out = np.full(len(t1), -1, dtype=np.int64)
+        for s, pool in self.pools.items():
+            rows = np.flatnonzero(split == s)
+            if not len(rows):
+                continue
+            st, sidx = pool["secondary_teff"], pool["secondary"]
+            kk = min(k, len(sidx))
+            pos = np.clip(np.searchsorted(st, teff2[rows]) - kk // 2, 0, len(sidx) - kk)
+            cand = sidx[pos[:, None] + np.arange(kk)[None, :]]  # (n, k)
+            d = np.abs(self.zmet[cand] - self.zmet[t1[rows]][:, None]) + 1e-3 * rng.random(cand.shape)
+            out[rows] = cand[np.arange(len(rows)), np.argmin(d, axis=1)]
+        return out
+
+    def draw_parameters(self, rng: np.random.Generator, subset: np.ndarray, split: np.ndarray) -> dict:
+        from skyvar.spectra.templates import ms_absmag_v_from_mass, ms_mass_from_teff, ms_teff_from_mass
 
         cfg = self.cfg
         n = len(subset)
-        use_bosz = (rng.random(n) < cfg.bosz_fraction) & (len(self.primary_bosz) > 0)
-        t1 = np.where(use_bosz, rng.choice(self.primary_bosz, n) if len(self.primary_bosz) else 0,
-                      rng.choice(self.primary_rr, n))
+        t1 = np.zeros(n, dtype=np.int64)
+        for s, pool in self.pools.items():
+            rows = np.flatnonzero(split == s)
+            if not len(rows):
+                continue
+            t1[rows] = rng.choice(pool["primary"], len(rows))
+            if cfg.bosz_fraction > 0 and len(pool["primary_bosz"]):
+                use = rng.random(len(rows)) < cfg.bosz_fraction
+                t1[rows[use]] = rng.choice(pool["primary_bosz"], int(use.sum()))
         teff1 = self.lib.teff[t1]
         m1 = ms_mass_from_teff(teff1)
         is_bin = subset != "single"
         q = np.full(n, np.nan)
         mid = subset == "binary_mid"
         q[mid] = rng.uniform(cfg.q_train_min, cfg.q_train_max, mid.sum())
-        ev = subset == "binary_eval"
-        q[ev] = rng.uniform(cfg.q_min, 1.0, ev.sum())
+        pop = (subset == "binary_eval") | (subset == "binary_pop")
+        # q >= q_min and M2 >= 0.09 Msun (the end of the dwarf table; fainter companions add no light)
+        qlo = np.maximum(cfg.q_min, 0.09 / m1[pop])
+        q[pop] = rng.uniform(qlo, 1.0)
         m2 = np.where(is_bin, m1 * np.nan_to_num(q), np.nan)
         teff2 = np.where(is_bin, ms_teff_from_mass(np.where(is_bin, m2, 1.0)), np.nan)
-        # Secondary template: one of the 5 library entries nearest in Teff (variety without bias).
-        pos = np.searchsorted(self.secondary_teff, np.nan_to_num(teff2))
-        pos = np.clip(pos + rng.integers(-2, 3, n), 0, len(self.secondary_sorted) - 1)
-        t2 = np.where(is_bin, self.secondary_sorted[pos], -1)
-        # q = 1 twins: the same template for both stars is the physical limit.
-        twin = is_bin & (np.nan_to_num(q) >= 0.999)
+        t2 = np.where(is_bin, self._secondary_templates(rng, split, np.nan_to_num(teff2), t1), -1)
+        twin = is_bin & (np.nan_to_num(q) >= 0.999)  # the same template is the physical limit
         t2[twin] = t1[twin]
         v0 = rng.normal(0.0, cfg.rv_sys_sigma, n)
-        dv = rng.uniform(0.0, cfg.drv_max, n) * rng.choice([-1.0, 1.0], n)
+        orb = {k: np.full(n, np.nan) for k in ("period", "a_au", "ecc", "incl", "k_rel", "dv")}
+        if is_bin.any():
+            if cfg.dv_distribution == "orbit":
+                o = draw_orbits(rng, m1[is_bin], m2[is_bin], cfg)
+                for k in orb:
+                    orb[k][is_bin] = o[k]
+            else:
+                orb["dv"][is_bin] = rng.uniform(0.0, cfg.drv_max, is_bin.sum()) * rng.choice([-1.0, 1.0], is_bin.sum())
+        dv = np.nan_to_num(orb["dv"])
         qq = np.nan_to_num(q, nan=1.0)
         rv1 = np.where(is_bin, v0 + dv * qq / (1 + qq), v0)
         rv2 = np.where(is_bin, v0 - dv / (1 + qq), np.nan)
+        mv1 = ms_absmag_v_from_mass(m1)
+        mv2 = np.where(is_bin, ms_absmag_v_from_mass(np.where(is_bin, m2, 1.0)), np.inf)
+        dm = cmd_offset(m1, m2)
+        dm_obs = dm + rng.normal(0.0, cfg.cmd_sigma, n)
         return dict(t1=t1, t2=t2, teff1=teff1, teff2=teff2, mass1=m1, mass2=m2, q=q, rv1=rv1, rv2=rv2,
+                    dv=orb["dv"], period=orb["period"], a_au=orb["a_au"], ecc=orb["ecc"], incl=orb["incl"],
+                    light_ratio=np.where(is_bin, 10 ** (-0.4 * (mv2 - mv1)), 0.0), dm_g=dm_obs,
+                    label_cmd=cmd_label(dm_obs), zmet1=self.zmet[t1],
                     snr_g=np.exp(rng.uniform(np.log(cfg.snr_min), np.log(cfg.snr_max), n)),
                     ebv=rng.uniform(0.0, cfg.ebv_max, n), template_source=self.lib.source[t1])
+
+    def _random_field(self, rng, n: int, scale_A: float, rms: float) -> np.ndarray:
+        """(n, n_fine) float32 smooth Gaussian random fields of standard deviation ``rms`` and correlation
+        length ~``scale_A`` Å at 5500 Å (a Gaussian kernel approximated by three box filters, drawn on the
+        native grid and interpolated onto the fine one)."""
+        nn = LAMOST_NPIX + 2 * MARGIN
+        w = rng.standard_normal((n, nn)).astype(np.float32)
+        sig_px = scale_A / (5500.0 * np.log(10) * LAMOST_DLOG)
+        f = _box_smooth(w, sig_px)
+        f *= rms / max(float(np.std(f)), 1e-12)
+        g = np.arange(nn, dtype=np.float64)
+        fine_pos = (np.arange(nn * FINE) - (FINE - 1) / 2) / FINE
+        from skyvar.spectra.resample import resample_linear
+
+        return resample_linear(fine_pos, g, f)
 
     def render(self, p: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Noisy LAMOST-like (flux, ivar, andmask) on the native grid for the parameter rows ``p``."""
@@ -255,6 +472,10 @@ class SpectraSimulator:
 
         def component(tidx, rv, mass):
             s = self.lib.spectra(tidx)
+            if cfg.line_depth_scatter > 0:
+                cont = _box_smooth(s, _fine_pixels(50.0))
+                eps = self._random_field(rng, len(s), cfg.line_depth_scale, cfg.line_depth_scatter)
+                s = s + eps * (s - cont)
             s /= (s @ self.vweight)[:, None]  # unit V-band flux
             s *= (10 ** (-0.4 * ms_absmag_v_from_mass(mass)))[:, None].astype(np.float32)
             return _shift_rows(s, np.log10(1 + rv / C_KMS) / dl)
@@ -264,6 +485,9 @@ class SpectraSimulator:
         if isb.any():
             fine[isb] += component(p["t2"][isb], p["rv2"][isb], p["mass2"][isb])
         flux = _bin_to_native(fine).astype(np.float64)
+        if cfg.ripple_amplitude > 0:
+            flux *= 1 + self._random_field(rng, n, cfg.ripple_scale, cfg.ripple_amplitude)[:, ::FINE][
+                :, MARGIN:MARGIN + LAMOST_NPIX]
         # Observation: extinction, smooth calibration error, arbitrary overall scale.
         flux *= 10 ** (-0.4 * ccm89_extinction(self.wave, p["ebv"]))
         x = (np.log10(self.wave) - np.log10(self.wave).mean()) / np.ptp(np.log10(self.wave)) * 2
@@ -271,19 +495,15 @@ class SpectraSimulator:
         flux *= 1 + (rng.normal(0, cfg.fluxcal_sigma, (n, 3)) @ legendre.T)
         flux *= (10 ** rng.uniform(2.5, 3.5, n) / np.median(flux, axis=1))[:, None]
         # Noise: var = (f + b) / (K G); K such that the median S/N over 4000–5300 Å equals snr_g;
-        # b = sky_floor * median g-band flux (sky + read noise). With sky_floor = 0 (the released
-        # model's data) PCA templates that dip below 0 in the far blue of cool stars are clipped to
-        # 1e-6 and get unphysically tiny variances there.
+        # b = sky_floor * median g-band flux (sky + read noise).
         gband = (self.wave > 4000) & (self.wave < 5300)
         if cfg.sky_floor > 0:
             flux = np.clip(flux, 0.0, None)
             b = cfg.sky_floor * np.median(flux[:, gband], axis=1)[:, None]
-        else:
+            h = flux[:, gband] * np.sqrt(self.gain[gband] / (flux[:, gband] + b))
+        else:  # no floor: PCA templates that dip below 0 in the far blue of cool stars are clipped
             flux = np.clip(flux, 1e-6, None)
             b = np.zeros((n, 1))
-        if cfg.sky_floor > 0:
-            h = flux[:, gband] * np.sqrt(self.gain[gband] / (flux[:, gband] + b))
-        else:  # the released data set's exact arithmetic
             h = np.sqrt(flux[:, gband] * self.gain[gband])
         K = (p["snr_g"] / np.median(h, axis=1)) ** 2
         var = (flux + b) / (K[:, None] * self.gain[None, :])
@@ -309,11 +529,13 @@ class SpectraSimulator:
 
 
 def assign_splits(rng: np.random.Generator, subset: np.ndarray, fractions) -> np.ndarray:
-    """80/10/10 (by default) train/val/test within each labelled subset; ``eval`` for binary_eval."""
+    """Train/val/test (80/10/10 by default) within each training subset; ``eval`` for binary_eval.
+
+    Rows are assigned to splits here and then built from that split's templates (split by template)."""
     split = np.full(len(subset), "eval", dtype=object)
     f = np.asarray(fractions, dtype=float)
     f = f / f.sum()
-    for name in ("single", "binary_mid"):
+    for name in ("single", "binary_mid", "binary_pop"):
         idx = np.flatnonzero(subset == name)
         idx = idx[rng.permutation(len(idx))]
         n_tr = int(round(f[0] * len(idx)))
@@ -334,12 +556,13 @@ def simulate_to_disk(cfg: SpectraSimConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
     sim = SpectraSimulator(cfg)
-    subset = np.array(["single"] * cfg.n_single + ["binary_mid"] * cfg.n_binary
-                      + ["binary_eval"] * cfg.n_eval_binary)
+    train_bin = "binary_mid" if cfg.label_mode == "mass_ratio" else "binary_pop"
+    subset = np.array(["single"] * cfg.n_single + [train_bin] * cfg.n_binary + ["binary_eval"] * cfg.n_eval_binary)
     subset = subset[rng.permutation(len(subset))]
     n = len(subset)
-    params = sim.draw_parameters(rng, subset)
     split = assign_splits(rng, subset, cfg.split_fractions)
+    tsplit = np.where(split == "eval", "test", split)  # evaluation binaries use the test templates
+    params = sim.draw_parameters(rng, subset, tsplit)
     t0 = time.perf_counter()
     with atomic_path(out / "flux.npy") as tf, atomic_path(out / "ivar.npy") as ti, \
             atomic_path(out / "andmask.npy") as tm:
@@ -358,11 +581,21 @@ def simulate_to_disk(cfg: SpectraSimConfig) -> Path:
         M.flush()
         del F, IV, M
     np.save(out / "wavelength.npy", sim.wave)
+    is_bin = subset != "single"
+    if cfg.label_mode == "mass_ratio":
+        label = (subset == "binary_mid").astype(np.int8)
+    else:
+        label = np.where(subset == "binary_eval", is_bin, params["label_cmd"]).astype(np.int8)
+        excl = (subset != "binary_eval") & (params["label_cmd"] < 0)
+        split = np.where(excl, "excluded", split)
     meta = pd.DataFrame({
-        "id": np.arange(n), "label": (subset == "binary_mid").astype(np.int8), "subset": subset, "split": split,
-        "q": params["q"], "teff1": params["teff1"], "teff2": params["teff2"], "mass1": params["mass1"],
-        "mass2": params["mass2"], "rv1": params["rv1"], "rv2": params["rv2"], "snr_g": params["snr_g"],
-        "ebv": params["ebv"], "template1": params["t1"], "template2": params["t2"],
+        "id": np.arange(n), "label": label, "subset": subset, "split": split, "is_binary": is_bin,
+        "template_split": tsplit, "q": params["q"], "light_ratio": params["light_ratio"],
+        "dv_abs": np.abs(params["dv"]), "period": params["period"], "a_au": params["a_au"], "ecc": params["ecc"],
+        "incl": params["incl"], "dm_g": params["dm_g"], "label_cmd": params["label_cmd"],
+        "teff1": params["teff1"], "teff2": params["teff2"], "mass1": params["mass1"], "mass2": params["mass2"],
+        "rv1": params["rv1"], "rv2": params["rv2"], "snr_g": params["snr_g"], "ebv": params["ebv"],
+        "template1": params["t1"], "template2": params["t2"], "zmet1": params["zmet1"],
         "template_source": params["template_source"],
     })
     with atomic_path(out / "meta.parquet") as tp:
@@ -413,18 +646,23 @@ def main(overrides: list[str]) -> int:
         print(f"spectra: unknown survey {cfg.survey!r}; only survey=lamost_lrs exists", file=sys.stderr)
         return 2
     cfg = resolve_paths(cfg)
-    simulate_to_disk(cfg)
+    try:
+        simulate_to_disk(cfg)
+    except ValueError as e:
+        print(f"spectra: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
 def resolve_paths(cfg: SpectraSimConfig) -> SpectraSimConfig:
-    """Resolve ``${oc.env:SKYVAR_SHARED,../shared}`` defaults (relative to SKYVAR_ROOT or the cwd)."""
-    import os
-
+    """Resolve ``${oc.env:SKYVAR_SHARED,../shared}``-style interpolations in the optional template and
+    noise directories (None, the default, means the data shipped with the package)."""
     from omegaconf import OmegaConf
 
-    root = Path(os.environ.get("SKYVAR_ROOT", "."))
-    shared_default = os.environ.get("SKYVAR_SHARED") or str((root / ".." / "shared").resolve())
+    from skyvar.paths import shared_dir
+
+    sd = shared_dir()
+    shared_default = str(sd) if sd else "/nonexistent-shared"
     out = {}
     for k in ("redrock_dir", "bosz_dir", "noise_reference_dir"):
         v = getattr(cfg, k)

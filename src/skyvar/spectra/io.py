@@ -285,3 +285,7 @@ def write_lamost_lrs(path: str | os.PathLike, spectrum: Spectrum, header: dict |
     with atomic_path(path) as tmp:
         hdu.writeto(tmp, overwrite=True)
     return Path(path)
+
+
+# The public name (skyvar.spectra.read_lrs): LAMOST low-resolution spectra.
+read_lrs = read_lamost_lrs

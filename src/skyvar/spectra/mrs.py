@@ -50,6 +50,7 @@ from skyvar.utils.log import get_logger
 log = get_logger(__name__)
 
 ARMS = {"B": (4950.0, 5350.0), "R": (6300.0, 6800.0)}  # nominal coverage [Å]
+KNOWN_MASK_COLUMNS = ("PIXMASK", "ANDMASK", "ORMASK")
 LAMOST_SITE = {"lon": 117.58, "lat": 40.39, "height": 960.0}  # deg, deg, m (Xinglong station)
 BEIJING_UTC_OFFSET_DAYS = 8.0 / 24.0
 
@@ -190,6 +191,11 @@ def _spectrum_from_hdu(hdu, path: Path, file_meta: dict, vacuum: bool) -> Spectr
             pixmask = np.asarray(d[cols[m]], dtype=np.int64).ravel()
             break
     notes: list[str] = []
+    unknown = [c for c in cols if "MASK" in c and c not in KNOWN_MASK_COLUMNS]
+    if unknown:
+        msg = f"{path}[{name}]: mask column(s) {unknown} not understood; their pixels are NOT masked"
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        notes.append(f"mask column(s) {unknown} not understood and ignored")
     good_wave = np.isfinite(loglam)
     if not good_wave.all():
         notes.append(f"{int((~good_wave).sum())} pixels with non-finite LOGLAM dropped")
@@ -308,6 +314,8 @@ def read_mrs(path: str | os.PathLike, kind: str = "all", arms: Iterable[str] = (
                 ext_notes.append(f"{e}; skipped")
     if n_arm_ext == 0:
         raise MRSReadError(f"{path}: no LAMOST MRS extensions (COADD_B/R, B-<lmjm>, R-<lmjm>) found")
+    if not out and ext_notes:
+        raise MRSReadError(f"{path}: every requested extension failed: " + "; ".join(ext_notes))
     for s in out:
         s.meta["warnings"] = ext_notes + s.meta["warnings"]
         s.meta.setdefault("bjd_tdb", np.nan)
@@ -317,6 +325,34 @@ def read_mrs(path: str | os.PathLike, kind: str = "all", arms: Iterable[str] = (
     for n in ext_notes:
         log.warning(n)
     return out
+
+
+def scan_mrs(path: str | os.PathLike) -> dict[str, Any]:
+    """Header-only look at an MRS file (no spectrum is read): the file metadata of :func:`read_mrs`
+    (source, obsid, designation, ra, dec, planid, lmjd, spid, fiberid …) plus ``extensions``: a list of
+    (extname, arm, kind, snr). Used to group a survey's files by star before reading them in chunks.
+    Raises MRSReadError (naming the file) for unreadable files or files without MRS extensions."""
+    path = Path(path)
+    if not path.exists():
+        raise MRSReadError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+                meta = _file_meta(hdul[0].header, path)
+                exts = []
+                for hdu in hdul[1:]:
+                    name = (hdu.name or "").upper()
+                    if name.startswith("COADD_"):
+                        exts.append((name, name.split("_")[-1][:1], "coadd", _hval(hdu.header, "SNR", np.nan)))
+                    elif len(name) > 2 and name[1] == "-" and name[0] in "BR":
+                        exts.append((name, name[0], "single", _hval(hdu.header, "SNR", np.nan)))
+    except (OSError, EOFError, ValueError, TypeError, IndexError, KeyError) as e:
+        raise MRSReadError(f"{path}: cannot read FITS headers ({type(e).__name__}: {e})") from e
+    if not exts:
+        raise MRSReadError(f"{path}: no LAMOST MRS extensions (COADD_B/R, B-<lmjm>, R-<lmjm>) found")
+    meta["extensions"] = exts
+    return meta
 
 
 def usable(spectra: Iterable[Spectrum]) -> tuple[list[Spectrum], list[Spectrum]]:

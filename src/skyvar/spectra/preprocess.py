@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from skyvar.spectra.io import SpectrumError
+from skyvar.spectra.resample import resample_linear
 from skyvar.spectra.spectrum import Spectrum
 
 # Vacuum wavelengths [Å]: [O I] 5577.3, [O I] 6300.3, [O I] 6363.8 (air values + ~1.6–1.8 Å).
@@ -50,7 +51,8 @@ class PreprocessConfig:
     smooth_L: float = 50.0  # Å; w = exp(-Δλ²/L²) (Ho et al. 2017: 50 Å; literal Jing et al.: 350 Å)
     smooth_truncate: float = 4.0  # kernel set to 0 beyond truncate * L
     max_masked_fraction: float = 0.2  # reject above this fraction of bad grid pixels
-    # [lo, hi] Å vacuum: LAMOST dichroic overlap (blue arm ends, red arm starts) and telluric O2 A band.
+    # [lo, hi] Å vacuum: LAMOST dichroic overlap (blue arm ends, red arm starts) and telluric O2 A band;
+    # conf/data/lamost_lrs.yaml adds the O2 B and H2O bands (LAMOST LRS spectra are not telluric-corrected).
     mask_ranges: list = dataclasses.field(default_factory=lambda: [[5750.0, 6000.0], [7580.0, 7700.0]])
     sky_lines: list = dataclasses.field(default_factory=lambda: list(SKY_LINES_VACUUM))
     sky_halfwidth: float = 6.0  # Å
@@ -58,6 +60,9 @@ class PreprocessConfig:
     fill_value: float = 1.0
     clip: tuple = (0.0, 2.0)
     to_vacuum: bool = True
+    # Also return log10(continuum / its median) (the smooth spectral shape the normalisation divides out) as a
+    # second model input: the colour of a composite of two temperatures is not that of its line spectrum.
+    continuum_channel: bool = False
 
 
 def air_to_vacuum(wave_air) -> np.ndarray:
@@ -95,36 +100,6 @@ def region_mask(wave, cfg: PreprocessConfig) -> np.ndarray:
     for line in cfg.sky_lines:
         bad |= np.abs(wave - line) <= cfg.sky_halfwidth
     return bad
-
-
-def interpolation_weights(x_new, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Left index, right weight and an inside-range flag for linear interpolation from ``x`` to ``x_new``."""
-    x_new = np.asarray(x_new, dtype=float)
-    idx = np.clip(np.searchsorted(x, x_new, side="right") - 1, 0, len(x) - 2)
-    t = (x_new - x[idx]) / (x[idx + 1] - x[idx])
-    inside = (x_new >= x[0]) & (x_new <= x[-1])
-    return idx, np.clip(t, 0.0, 1.0), inside
-
-
-def resample(wave_new, wave, flux, ivar, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear resampling of ``flux[..., n]`` (rows share ``wave``) with variance propagation.
-
-    ``var_new = (1-t)² var_a + t² var_b``; a new pixel is bad if it is outside ``wave`` or either
-    neighbour it uses (with non-zero weight) is bad.
-    """
-    idx, t, inside = interpolation_weights(wave_new, np.asarray(wave, dtype=float))
-    fa, fb = flux[..., idx], flux[..., idx + 1]
-    bad = mask | ~(ivar > 0)
-    ba = bad[..., idx] & (t < 1.0)
-    bb = bad[..., idx + 1] & (t > 0.0)
-    with np.errstate(divide="ignore"):
-        va = np.where(ivar[..., idx] > 0, 1.0 / np.where(ivar[..., idx] > 0, ivar[..., idx], 1.0), 0.0)
-        vb = np.where(ivar[..., idx + 1] > 0, 1.0 / np.where(ivar[..., idx + 1] > 0, ivar[..., idx + 1], 1.0), 0.0)
-    f = fa * (1 - t) + fb * t
-    v = va * (1 - t) ** 2 + vb * t**2
-    m = ba | bb | ~inside
-    iv = np.where(m | (v <= 0), 0.0, 1.0 / np.where(v > 0, v, 1.0))
-    return f, iv, m
 
 
 def smoothing_matrix(wave, L: float, truncate: float = 4.0):
@@ -168,9 +143,42 @@ class PreprocessedBatch:
     mask: np.ndarray  # (n, npix) bool, True = bad
     index: np.ndarray  # (n,) index of each kept spectrum in the input sequence
     failures: list  # [{"index", "stage": "preprocess", "error"}] for rejected inputs
+    logcont: np.ndarray | None = None  # (n, npix) float32 log10(continuum / median), 0 where undefined
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def to_specutils(self):
+        """The batch as one ``specutils.Spectrum`` with 2-D flux (n, npix): normalised (dimensionless) flux on
+        the model's vacuum Å grid, ``InverseVariance`` uncertainty, mask True = bad. Needs specutils."""
+        try:
+            import specutils
+            from astropy import units as u
+            from astropy.nddata import InverseVariance
+        except ImportError as e:  # pragma: no cover
+            raise ImportError("PreprocessedBatch.to_specutils() needs specutils: pip install specutils") from e
+        cls = getattr(specutils, "Spectrum", None) or specutils.Spectrum1D
+        return cls(spectral_axis=np.asarray(self.wavelength, float) * u.AA,
+                   flux=np.asarray(self.flux, float) * u.dimensionless_unscaled,
+                   uncertainty=InverseVariance(np.asarray(self.ivar, float)), mask=np.asarray(self.mask, bool),
+                   meta={"index": self.index.tolist(), "vacuum": True, "normalised": True})
+
+    def model_input(self) -> np.ndarray:
+        """(n, channels, npix) float32 network input: normalised flux - 1 (0 at masked pixels), then the
+        log-continuum when it was computed (``continuum_channel``)."""
+        x = (self.flux - 1.0)[:, None, :]
+        if self.logcont is not None:
+            x = np.concatenate([x, self.logcont[:, None, :]], axis=1)
+        return x.astype(np.float32)
+
+
+def preprocess_spectra(spectra, config: PreprocessConfig | dict | None = None, device: str = "cpu",
+               names=None) -> PreprocessedBatch:
+    """Prepare spectra for the binary-star CNN: masks, resampling onto the log-λ grid [Å, vacuum] and the
+    Ho et al. (2017) normalisation (see the module docstring); rejected spectra are listed in
+    ``failures`` with the reason. The entry point of the public API (``skyvar.spectra.preprocess_spectra``);
+    for many batches build one :class:`Preprocessor` and call it (its smoothing kernel is reused)."""
+    return Preprocessor(config, device=device)(list(spectra), names=names)
 
 
 class Preprocessor:
@@ -214,7 +222,7 @@ class Preprocessor:
         mask = mask | ~finite | ~(ivar > 0)
         flux = np.where(finite, flux, 0.0)
         ivar = np.where(mask, 0.0, ivar)
-        f, iv, m = resample(self.wavelength, wave, flux, ivar, mask)
+        f, iv, m = resample_linear(self.wavelength, wave, flux, ivar, mask)
         covered = np.array([(self.wavelength >= wave[0]).mean(), (self.wavelength <= wave[-1]).mean()]).min()
         return self._finish(f, iv, m, covered=np.full(len(f), covered), names=names)
 
@@ -250,7 +258,7 @@ class Preprocessor:
             bad |= orm != 0
         flux = np.where(np.isfinite(flux), flux, 0.0)
         ivar = np.where(bad, 0.0, ivar)
-        f[idx], iv[idx], m[idx] = resample(self.wavelength, wave, flux, ivar, bad)
+        f[idx], iv[idx], m[idx] = resample_linear(self.wavelength, wave, flux, ivar, bad)
         covered[idx] = ((self.wavelength >= wave[0]) & (self.wavelength <= wave[-1])).mean()
 
     # ------------------------------------------------------------------ shared tail
@@ -260,7 +268,10 @@ class Preprocessor:
         m = m | self.region_bad[None, :]
         iv = np.where(m, 0.0, iv)
         failures = []
-        frac_bad = m.mean(axis=1)
+        # masked fraction among the pixels the fixed regions leave (so that adding telluric/sky regions to
+        # mask_ranges does not reject spectra); with the default regions this differs little from m.mean()
+        free = ~self.region_bad
+        frac_bad = (m[:, free]).mean(axis=1) if free.any() else m.mean(axis=1)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-masked rows give NaN medians
             med = np.nanmedian(np.where(m, np.nan, f), axis=1)
@@ -290,8 +301,15 @@ class Preprocessor:
                 norm = np.where(m, cfg.fill_value, f / np.where(cont > 0, cont, 1.0))
                 nivar = np.where(m, 0.0, iv * cont.astype(np.float64) ** 2)
             norm = np.clip(norm, *cfg.clip)
+            logcont = None
+            if cfg.continuum_channel:
+                with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    lc = np.log10(np.where(cont > 0, cont, np.nan))
+                    lc = lc - np.nanmedian(np.where(m, np.nan, lc), axis=1, keepdims=True)
+                logcont = np.where(np.isfinite(lc), lc, 0.0).astype(np.float32)
             # A continuum failing over much of the grid (e.g. mostly negative flux) is a rejection too.
-            frac_bad = m.mean(axis=1)
+            frac_bad = (m[:, free]).mean(axis=1) if free.any() else m.mean(axis=1)
             late = frac_bad > cfg.max_masked_fraction
             for j in np.flatnonzero(late):
                 failures.append({"index": int(idx[j]), "stage": "preprocess", "error":
@@ -299,9 +317,13 @@ class Preprocessor:
                                  f"normalisation (non-positive smoothed flux)"})
             ok = ~late
             idx, norm, nivar, m = idx[ok], norm[ok], nivar[ok], m[ok]
+            if logcont is not None:
+                logcont = logcont[ok]
         else:
             norm = np.zeros((0, self.npix))
             nivar = np.zeros((0, self.npix))
+            logcont = np.zeros((0, self.npix), np.float32) if cfg.continuum_channel else None
         failures.sort(key=lambda d: d["index"])
         return PreprocessedBatch(wavelength=self.wavelength, flux=norm.astype(np.float32),
-                                 ivar=nivar.astype(np.float32), mask=m.astype(bool), index=idx, failures=failures)
+                                 ivar=nivar.astype(np.float32), mask=m.astype(bool), index=idx, failures=failures,
+                                 logcont=logcont)

@@ -53,7 +53,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from skyvar.flags import RVFlag
 from skyvar.spectra.continuum import normalize
+from skyvar.spectra.resample import resample_linear
 from skyvar.spectra.spectrum import Spectrum
 from skyvar.utils.log import get_logger
 
@@ -65,11 +67,15 @@ WINDOWS = {"R": (6400.0, 6700.0), "B": (5000.0, 5300.0)}  # paper §4, Å
 GRID_RANGES = {"R": (6300.0, 6840.0), "B": (4900.0, 5370.0)}  # common-grid coverage per arm, Å
 BIG_VAR = 1e8  # variance given to masked pixels (normalised flux units)
 
-FLAG_EDGE = 1  # coarse peak at the edge of +-v_max
-FLAG_FIT = 2  # Gaussian fit failed (no peak); rv is the grid maximum, rv_err NaN
-FLAG_BROAD = 4  # likelihood wider than the fit grid allows; rv_err is a lower limit
-FLAG_FEW_PIXELS = 8  # too few usable pixels in the window; rv NaN
-FLAG_REFERENCE = 16  # the star's reference spectrum compared with itself (rv = 0 by construction)
+# bits of ``flag`` (the registry skyvar.flags.RVFlag; `skyvar flags rv` decodes them)
+FLAG_EDGE = int(RVFlag.EDGE)  # coarse peak at the edge of +-v_max; rv NaN (no velocity)
+FLAG_FIT = int(RVFlag.FIT)  # Gaussian fit failed (no peak); rv and rv_err NaN
+FLAG_BROAD = int(RVFlag.BROAD)  # likelihood wider than the fit grid allows; rv_err is a lower limit
+FLAG_FEW_PIXELS = int(RVFlag.FEW_PIXELS)  # too few usable pixels in the window; rv NaN
+FLAG_REFERENCE = int(RVFlag.REFERENCE)  # the star's reference compared with itself (rv = 0 by construction)
+FLAG_WEAK_PEAK = int(RVFlag.WEAK_PEAK)  # likelihood peak not significant; rv NaN
+FLAG_LOW_SNR = int(RVFlag.LOW_SNR)  # exposure S/N below the pipeline's min_snr (paper: 5); rv NaN
+NO_VELOCITY = FLAG_EDGE | FLAG_FIT | FLAG_FEW_PIXELS | FLAG_WEAK_PEAK | FLAG_LOW_SNR
 
 
 def log_grid(wmin: float, wmax: float, dloglam: float = DLOGLAM) -> np.ndarray:
@@ -94,57 +100,6 @@ def doppler_shift_wavelength(wave, v_kms):
     """Observed wavelength of rest wavelength ``wave`` for a source receding at ``v_kms`` (relativistic)."""
     b = np.asarray(v_kms, dtype=np.float64) / C_KMS
     return np.asarray(wave) * np.sqrt((1.0 + b) / (1.0 - b))
-
-
-# --------------------------------------------------------------------------------------- resampling
-def resample_to_grid(waves: Sequence[np.ndarray], fluxes: Sequence[np.ndarray], ivars: Sequence[np.ndarray],
-                     grid: np.ndarray, masks: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Linearly interpolate spectra (each on its own increasing grid) onto ``grid`` in log wavelength.
-
-    Variances propagate as (1-a)^2 var0 + a^2 var1 (the marginal variance of the interpolated value). A
-    grid pixel is bad (ivar 0) outside a spectrum's coverage or when a neighbour with non-zero weight is
-    bad. Returns ``(flux, ivar)`` of shape (N, len(grid)). Vectorised over spectra (padded batch).
-    """
-    n = len(waves)
-    G = len(grid)
-    if n == 0:
-        return np.zeros((0, G)), np.zeros((0, G))
-    lens = [len(w) for w in waves]
-    L = max(lens)
-    lw = np.full((n, L), np.inf)
-    fl = np.zeros((n, L))
-    va = np.full((n, L), np.inf)
-    for i, (w, f, iv) in enumerate(zip(waves, fluxes, ivars)):
-        k = len(w)
-        lw[i, :k] = np.log10(w)
-        bad = ~(np.isfinite(f) & np.isfinite(iv) & (iv > 0))
-        if masks is not None:
-            bad |= np.asarray(masks[i], dtype=bool)
-        fl[i, :k] = np.where(bad, 0.0, f)
-        with np.errstate(divide="ignore"):
-            va[i, :k] = np.where(bad, np.inf, 1.0 / np.where(bad, 1.0, iv))
-    lg = np.log10(np.asarray(grid, dtype=np.float64))
-    tw = torch.from_numpy(lw)
-    j = torch.searchsorted(tw, torch.from_numpy(lg).expand(n, G).contiguous(), right=True).numpy()
-    lens_a = np.asarray(lens)[:, None]
-    inside = (j >= 1) & (j <= lens_a - 1) | ((j == lens_a) & (lg[None, :] == lw[np.arange(n), lens_a[:, 0] - 1][:, None]))
-    j0 = np.clip(j - 1, 0, L - 1)
-    j1 = np.clip(j, 0, L - 1)
-    j1 = np.minimum(j1, lens_a - 1)
-    rows = np.arange(n)[:, None]
-    x0, x1 = lw[rows, j0], lw[rows, j1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        a = np.where(x1 > x0, (lg[None, :] - x0) / (x1 - x0), 0.0)
-    a = np.clip(np.nan_to_num(a), 0.0, 1.0)
-    f0, f1 = fl[rows, j0], fl[rows, j1]
-    v0, v1 = va[rows, j0], va[rows, j1]
-    bad = ~inside | (np.isinf(v0) & (a < 1.0)) | (np.isinf(v1) & (a > 0.0))
-    with np.errstate(invalid="ignore"):
-        flux = (1.0 - a) * f0 + a * f1
-        var = (1.0 - a) ** 2 * np.where(a < 1.0, v0, 0.0) + a**2 * np.where(a > 0.0, v1, 0.0)
-    flux = np.where(bad, 0.0, flux)
-    ivar = np.where(bad | ~(var > 0), 0.0, 1.0 / np.where(bad | ~(var > 0), 1.0, var))
-    return flux, ivar
 
 
 # --------------------------------------------------------------------------------------- likelihood
@@ -266,6 +221,7 @@ class RVResult:
     chi2_red: np.ndarray  # chi-square per usable pixel at the best velocity
     n_pix: np.ndarray  # usable pixels in the window (good in both spectra)
     flag: np.ndarray  # bit mask FLAG_*
+    peak_dlnp: np.ndarray | None = None  # ln p of the peak minus the best ln p away from it (coarse grid)
 
 
 class RelativeRV:
@@ -276,17 +232,28 @@ class RelativeRV:
     ``max_levels`` of refinement; ``lowpass`` optional low-pass of both spectra [cycles/pixel] (not in the
     paper; see :func:`lowpass_filter`); ``interp`` 'fft' or 'linear'; ``norm_term`` keep the -0.5 ln(s_t^2 + s_ref^2) term
     of eq. 3; ``device`` 'cpu', 'cuda' or 'auto'; ``dtype`` of the large tensors; ``chunk_elements`` the
-    largest (pairs x velocities x pixels) tensor built at once; ``min_pixels`` usable pixels needed.
+    largest (pairs x velocities x pixels) tensor built at once; ``min_pixels`` usable pixels needed;
+    ``min_peak_dlnp``: the likelihood peak must stand this far (in ln p, on the coarse grid) above the best
+    value more than max(5 px, 4 sigma) away from it, else no velocity is given (12.5 = Δχ² 25, "5 sigma";
+    noise-only spectra and spectra locked onto sky residuals fail it); ``err_scale`` multiplies the
+    Gaussian-fit width (1: the paper's definition; the pipeline uses 1.4 with ``lowpass=0.2``, the
+    calibration of injections into real MRS exposures, docs/results/radial_velocities.md).
+
+    No velocity (rv NaN, flag set) for a peak at the edge of the search range, a failed fit, too few
+    pixels or an insignificant peak (``NO_VELOCITY`` bits).
     """
 
     def __init__(self, window: Sequence[float] = WINDOWS["R"], v_max: float = 500.0, refine_halfwidth: float = 1.5,
                  n_refine: int = 9, n_fit: int = 11, fit_nsigma: float = 4.0, max_levels: int = 8,
                  interp: str = "fft", norm_term: bool = True, device: str = "cpu", dtype: str = "float32",
                  chunk_elements: int = 2**24, min_pixels: int = 100, max_sigma_px: float = 6.0,
-                 coarse: str = "fft", lowpass: float | None = None):
+                 coarse: str = "fft", lowpass: float | None = None, min_peak_dlnp: float = 12.5,
+                 err_scale: float = 1.0):
         if lowpass is not None and not 0 < lowpass < 0.5:
             raise ValueError(f"lowpass must be a frequency in (0, 0.5) cycles per pixel or None, got {lowpass}")
         self.lowpass = lowpass
+        self.min_peak_dlnp = float(min_peak_dlnp)
+        self.err_scale = float(err_scale)
         if coarse not in ("fft", "direct"):
             raise ValueError(f"coarse must be 'fft' or 'direct', got {coarse!r}")
         self.coarse = coarse
@@ -413,7 +380,7 @@ class RelativeRV:
         steps = np.diff(loglam)
         dloglam = float(np.mean(steps))
         if not np.allclose(steps, dloglam, rtol=1e-3, atol=0):
-            raise ValueError("RelativeRV.measure: wave must be uniform in log10 (use log_grid + resample_to_grid)")
+            raise ValueError("RelativeRV.measure: wave must be uniform in log10 (use log_grid + skyvar.spectra.resample.resample_linear)")
         flux = torch.as_tensor(np.asarray(flux), dtype=torch.float64)
         ivar = torch.as_tensor(np.asarray(ivar), dtype=torch.float64)
         ref_index = torch.as_tensor(np.asarray(ref_index), dtype=torch.long)
@@ -445,6 +412,7 @@ class RelativeRV:
         out = {k: np.full(N, np.nan) for k in ("rv", "rv_err", "lnp_max", "chi2_red")}
         out["n_pix"] = np.zeros(N, dtype=np.int64)
         out["flag"] = np.zeros(N, dtype=np.int64)
+        out["peak_dlnp"] = np.full(N, np.nan)
         V_max = max(2 * K + 1 if self.coarse == "direct" else 1, self.n_refine, self.n_fit)
         L_max = max(P, _next_odd_smooth(P + 2 * self.margin))
         chunk = max(1, self.chunk_elements // (V_max * L_max))
@@ -462,14 +430,18 @@ class RelativeRV:
                 ruse = good[refs, p0:p1].to(dev)
                 res = self._measure_chunk(t, tv, bad_cs, r, rvar, ruse, p0, P, K, dloglam)
                 sl = slice(s, s + len(rows))
-                for k in ("rv", "rv_err", "lnp_max", "chi2_red", "flag", "n_pix"):
+                for k in ("rv", "rv_err", "lnp_max", "chi2_red", "flag", "n_pix", "peak_dlnp"):
                     out[k][sl] = res[k]
         few = out["n_pix"] < self.min_pixels
         out["flag"][few] |= FLAG_FEW_PIXELS
-        out["rv"][few] = np.nan
-        out["rv_err"][few] = np.nan
         self_ref = (ref_index.numpy() == np.arange(N))
         out["flag"][self_ref] |= FLAG_REFERENCE
+        weak = ~self_ref & ~(out["peak_dlnp"] >= self.min_peak_dlnp)
+        out["flag"][weak] |= FLAG_WEAK_PEAK
+        out["rv_err"] *= self.err_scale
+        none = (out["flag"] & NO_VELOCITY) != 0
+        out["rv"][none] = np.nan
+        out["rv_err"][none] = np.nan
         return RVResult(**out)
 
     def _stage(self, t, tv, bad_cs, r, rvar, ruse3, base, delta, P):
@@ -598,6 +570,13 @@ class RelativeRV:
         mu, sig, ok, base = self._zoom(t, tv, bad_cs, r, rvar, ruse3, base, P)
         broad = ok & (sig > self.max_sigma_px)
         flag |= torch.where(~ok, FLAG_FIT, 0) | torch.where(broad, FLAG_BROAD, 0)
+        # significance: the coarse peak against the best coarse value away from it
+        k_ar = torch.arange(lnp_c.shape[1], device=dev)
+        sig_c = torch.where(torch.isfinite(sig), sig, torch.full_like(sig, 0.0))
+        w_ex = torch.clamp(torch.ceil(4 * sig_c), min=5).to(torch.long)
+        away = (k_ar[None, :] - kbest[:, None]).abs() > w_ex[:, None]
+        second = torch.where(away, lnp_c.to(torch.float64), torch.full_like(lnp_c, -float("inf"), dtype=torch.float64))
+        peak_dlnp = lnp_c.to(torch.float64).gather(1, kbest[:, None])[:, 0] - second.max(1).values
         # diagnostics at the fitted mean
         lnp_b, f, fv, use = self._stage(t, tv, bad_cs, r, rvar, ruse3, base, mu[:, None], P)
         lnp_best = lnp_b[:, 0]
@@ -611,7 +590,7 @@ class RelativeRV:
         err = np.where(ok.cpu().numpy(), err, np.nan)
         return {"rv": rv, "rv_err": err, "lnp_max": lnp_full.cpu().numpy(),
                 "chi2_red": (chi2 / npix.clamp(min=1)).cpu().numpy(), "flag": flag.cpu().numpy(),
-                "n_pix": npix.cpu().numpy()}
+                "n_pix": npix.cpu().numpy(), "peak_dlnp": peak_dlnp.cpu().numpy()}
 
 
 # --------------------------------------------------------------------------------------- spectra -> rv
@@ -623,10 +602,12 @@ def prepare_arm(spectra: Sequence[Spectrum], arm: str, dloglam: float = DLOGLAM,
     """
     lo, hi = grid_range or GRID_RANGES[arm]
     wave = log_grid(lo, hi, dloglam)
-    fl, iv = resample_to_grid([s.wavelength for s in spectra], [s.flux for s in spectra],
-                              [s.ivar for s in spectra], wave, [s.mask for s in spectra])
     if len(spectra) == 0:
-        return wave, fl, iv
+        return wave, np.zeros((0, len(wave))), np.zeros((0, len(wave)))
+    # resampled in log10(λ): linear interpolation there is a constant-velocity weighting
+    fl, iv, bad = resample_linear(np.log10(wave), [np.log10(s.wavelength) for s in spectra],
+                                  [s.flux for s in spectra], [s.ivar for s in spectra], [s.mask for s in spectra])
+    fl, iv = np.where(bad, 0.0, fl), np.where(bad, 0.0, iv)
     fn, ivn, _, _ = normalize(wave, fl, iv, **(continuum or {}))
     return wave, fn, ivn
 
@@ -648,3 +629,21 @@ def reference_indices(groups: Sequence, snr: Sequence[float]) -> np.ndarray:
 
 def _gauss_fit_for_tests(x, lnp):
     return RelativeRV._gauss_fit(x, lnp)
+
+
+def relative_velocities(spectra: Sequence[Spectrum], arm: str | None = None, group_key: str = "source",
+                        continuum: dict | None = None, **rv_kwargs) -> tuple[RVResult, np.ndarray]:
+    """Relative velocities [km/s] of spectra of one MRS arm, each against the highest-SNR spectrum of its
+    group (``meta[group_key]``, a star; ``meta['snr']`` chooses the reference).
+
+    ``arm`` 'R' or 'B' (default: ``meta['arm']`` of the first spectrum) picks the window of the paper
+    (6400–6700 / 5000–5300 Å, vacuum); other keyword arguments go to :class:`RelativeRV`. Returns the
+    :class:`RVResult` (rv, rv_err [km/s], flags …) and the index of every spectrum's reference.
+    """
+    spectra = list(spectra)
+    arm = (arm or spectra[0].meta.get("arm", "R")).upper()[:1]
+    wave, fl, iv = prepare_arm(spectra, arm, continuum=continuum)
+    ref = reference_indices([s.meta.get(group_key, "star") for s in spectra],
+                            [s.meta.get("snr", np.nan) for s in spectra])
+    rv_kwargs.setdefault("window", WINDOWS[arm])
+    return RelativeRV(**rv_kwargs).measure(wave, fl, iv, ref), ref

@@ -14,8 +14,10 @@ wavelength calibration has fewer arc lines).
 
 Conventions: ``zp`` is what was subtracted, ``rv_corr = rv - zp[exposure]``; ``sigma`` is eq. 4 (the
 population standard deviation, the paper's Var_rv). Stars with fewer than ``min_exposures`` velocities
-never become candidates (one exposure has sigma 0 and would always qualify). An exposure without any
-candidate in any iteration gets a NaN zero point and its velocities a NaN ``rv_corr``. If no star
+never become candidates (one exposure has sigma 0 and would always qualify). An exposure with fewer than
+``min_candidates`` (5, as laspec requires) constant-star candidates is not calibrated: its zero point is
+not updated, ends NaN (``calibrated`` False) and its velocities get a NaN ``rv_corr`` — otherwise a lone
+star's own velocity would become the zero point and its ``rv_corr`` would be 0 by construction. If no star
 falls below the mean (all sigma equal) every eligible star is a candidate. ``center_stars=True`` subtracts
 each star's mean before averaging (an extension for stars seen in only some exposures; identical to the
 paper up to a common constant when every star is seen in every exposure).
@@ -40,7 +42,7 @@ class CalibrationResult:
     exposures: np.ndarray  # (n_exp,) exposure labels
     stars: np.ndarray  # (n_star,) star labels
     zp: np.ndarray  # (n_exp,) km/s, subtracted from every velocity of the exposure (NaN: no candidate)
-    n_candidates: np.ndarray  # (n_exp,) candidates averaged in the last iteration
+    n_candidates: np.ndarray  # (n_exp,) candidates in the exposure in the last iteration (averaged if >= min_candidates)
     rv_corr: np.ndarray  # (n_rows,) corrected velocities
     candidate: np.ndarray  # (n_star,) bool, constant-star candidates of the last iteration
     sigma_raw: np.ndarray  # (n_star,) eq. 4 on the input velocities
@@ -75,7 +77,7 @@ def select_candidates(sigma: np.ndarray, eligible: np.ndarray) -> np.ndarray:
 
 def self_calibrate(star: Sequence, exposure: Sequence, rv: Sequence, candidates: Sequence | None = None,
                    reselect: bool = True, tol: float = 0.01, max_iter: int = 100, min_exposures: int = 3,
-                   center_stars: bool = False) -> CalibrationResult:
+                   center_stars: bool = False, min_candidates: int = 5) -> CalibrationResult:
     """Iterative zero-point self-calibration of one spectrograph and arm (long-format input).
 
     ``star``, ``exposure``: labels per velocity; ``rv`` km/s (NaN ignored). ``candidates``: initial
@@ -102,7 +104,7 @@ def self_calibrate(star: Sequence, exposure: Sequence, rv: Sequence, candidates:
     history: list[float] = []
     converged = False
     n_c = np.zeros(n_exp)
-    ever = np.zeros(n_exp, dtype=bool)
+    calibrated = np.zeros(n_exp, dtype=bool)
     it = 0
     for it in range(1, max_iter + 1):
         if it > 1 and reselect:
@@ -116,8 +118,9 @@ def self_calibrate(star: Sequence, exposure: Sequence, rv: Sequence, candidates:
         n_c = np.bincount(ei[rows], minlength=n_exp).astype(float)
         with np.errstate(invalid="ignore", divide="ignore"):
             dz = np.bincount(ei[rows], vv[rows], minlength=n_exp) / n_c
-        dz = np.where(n_c > 0, dz, 0.0)
-        ever |= n_c > 0
+        enough = n_c >= max(int(min_candidates), 1)
+        dz = np.where(enough, dz, 0.0)
+        calibrated = enough
         v = v - dz[ei]
         zp += dz
         step = float(np.max(np.abs(dz))) if n_exp else 0.0
@@ -128,7 +131,10 @@ def self_calibrate(star: Sequence, exposure: Sequence, rv: Sequence, candidates:
     if not converged:
         log.warning("zero-point self-calibration did not converge in %d iterations (last change %.3g km/s)",
                     max_iter, history[-1] if history else float("nan"))
-    zp = np.where(ever, zp, np.nan)
+    zp = np.where(calibrated, zp, np.nan)
+    if (~calibrated).any():
+        log.info("%d of %d exposures have fewer than %d constant-star candidates: zero point NaN (uncalibrated)",
+                 int((~calibrated).sum()), n_exp, min_candidates)
     rv_corr = rv - zp[ei]
     sigma_corr, _, _ = star_sigma(si, rv_corr, n_star)
     return CalibrationResult(exposures=exps, stars=stars, zp=zp, n_candidates=n_c.astype(int), rv_corr=rv_corr,
