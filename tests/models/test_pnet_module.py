@@ -91,8 +91,12 @@ def test_ema_update_and_swap():
     w0 = mod.net.heads["mag"].bias.detach().clone()
     with torch.no_grad():
         mod.net.heads["mag"].bias += 1.0
-    mod.on_train_batch_end(None, None, 0)  # global_step 0: d = min(0.5, 1/10) = 0.1
-    assert torch.allclose(mod._ema["heads.mag.bias"], 0.1 * w0 + 0.9 * (w0 + 1.0))
+    mod.on_train_batch_end(None, None, 0)  # first update after the start: d = min(0.5, 1/10) = 0.1
+    assert isinstance(mod._ema, torch.optim.swa_utils.AveragedModel)  # torch's weight averaging
+    assert torch.allclose(mod._ema_params()["heads.mag.bias"], 0.1 * w0 + 0.9 * (w0 + 1.0))
+    # the average is not part of the module: state_dict, parameters and the optimiser never see it
+    assert not any(k.startswith("_ema") for k in mod.state_dict())
+    assert sum(p.numel() for p in mod.parameters()) == sum(p.numel() for p in mod.net.parameters())
     mod._swap_in_ema()
     assert torch.allclose(mod.net.heads["mag"].bias, 0.1 * w0 + 0.9 * (w0 + 1.0))
     mod._swap_out_ema()
@@ -102,7 +106,8 @@ def test_ema_update_and_swap():
 def test_frozen_batchnorm_keeps_running_statistics():
     mod = PNetModule(net=TINY_NET, freeze_bn_epoch=0)
     mod.train()
-    mod._ema = {"x": torch.zeros(1)}
+    mod.on_train_batch_end(None, None, 0)
+    assert mod._ema is not None
     mod.on_train_batch_start(None, 0)
     bns = [m for m in mod.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(not m.training for m in bns) and mod._ema is None
@@ -177,3 +182,19 @@ def test_train_checkpoint_resume_init_from_and_export(tiny_stamp_dir, tmp_path):
     # transfer learning: a module initialised from it starts with the same weights
     mod = PNetModule(net=TINY_NET, init_from=str(pt))
     assert torch.equal(mod.net.heads["mag"].weight, net.heads["mag"].weight)
+
+
+def test_lr_schedule_is_torch_schedulers_with_the_documented_shape():
+    import math
+
+    from skyvar.models.pnet_module import warmup_cosine
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    sch = warmup_cosine(opt, warmup=5, total=50, min_ratio=0.02)
+    assert isinstance(sch, torch.optim.lr_scheduler.SequentialLR)
+    for step in range(80):
+        want = (step + 1) / 5 if step < 5 else 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 5) / 45)))
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * want, rel=1e-9), step
+        opt.step()
+        sch.step()

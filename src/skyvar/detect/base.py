@@ -13,17 +13,19 @@ import abc
 import numpy as np
 from astropy.table import Table
 
+from skyvar.flags import PointFlag
 from skyvar.io.fits import MASK_BAD, MASK_SATURATED, Frame
 
 CATALOG_COLUMNS = ("x", "y", "ra", "dec", "flux", "flux_err", "mag", "mag_err", "flags", "frame_id", "detector")
 
 # Catalogue flag bits (OR-ed).
-FLAG_SATURATED = 1  # a saturated pixel within the source's core
-FLAG_BLENDED = 2  # deblended from / fitted together with a neighbour
-FLAG_EDGE = 4  # the source's core touches the frame edge
-FLAG_FIT_FAILED = 8  # photometry or fit did not converge; flux may be unreliable
-FLAG_BAD_PIXELS = 16  # a masked (NaN/bad) pixel within the core
-FLAG_NONPOSITIVE = 32  # flux <= 0: mag is NaN
+# Catalogue ``flags`` bits: the registry is skyvar.flags.PointFlag (names kept for the detectors).
+FLAG_SATURATED = int(PointFlag.SATURATED)
+FLAG_BLENDED = int(PointFlag.BLENDED)
+FLAG_EDGE = int(PointFlag.EDGE)
+FLAG_FIT_FAILED = int(PointFlag.FIT_FAILED)
+FLAG_BAD_PIXELS = int(PointFlag.BAD_PIXELS)
+FLAG_NONPOSITIVE = int(PointFlag.NONPOSITIVE)
 
 MAG_ERR_FACTOR = 2.5 / np.log(10.0)
 

@@ -31,14 +31,15 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from skyvar.flags import FrameMask
 from skyvar.utils.atomic import atomic_path
 from skyvar.utils.log import get_logger
 
 log = get_logger(__name__)
 
 # Mask bits shared by the simulator, detectors and catalogues.
-MASK_SATURATED = 1
-MASK_BAD = 2  # NaN/inf or flagged bad pixel
+MASK_SATURATED = int(FrameMask.SATURATED)
+MASK_BAD = int(FrameMask.BAD)  # NaN/inf or flagged bad pixel
 
 DEFAULT_ZP = 25.85  # CSST i band, mag for 1 e-/s (DESIGN.md §4): the simulator's; never assumed for a frame
 ABSURD_E = 1e12  # |pixel| above this many electrons is a fill value, not data

@@ -68,6 +68,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skyvar.flags import IndexFlag
+
 INDEX_NAMES: tuple[str, ...] = (
     "Q", "Q1", "Q2", "std", "iter_std", "iter_std_3", "cv", "kurtosis", "skewness", "mad", "amp",
     "robust_std", "inv_eta",
@@ -81,11 +83,12 @@ MIN_POINTS: dict[str, int] = {
     "skewness": 3, "mad": 1, "amp": 2, "robust_std": 2, "inv_eta": 3,
 }
 FLAG_TOO_FEW: dict[str, int] = {name: 1 << i for i, name in enumerate(INDEX_NAMES)}
-FLAG_BAD_POINTS = 1 << 20  # non-finite magnitudes / non-finite or non-positive errors were left out
-FLAG_ZERO_SCATTER = 1 << 21  # all valid magnitudes equal: moments and inv_eta undefined
-FLAG_ITER_NOT_CONVERGED = 1 << 22  # iter_std hit max_clip_iters before converging
-FLAG_NO_ERRORS = 1 << 23  # mag_err not given: Q, Q1, Q2 are NaN
-FLAG_QUANTISED = 1 << 24  # magnitudes on a grid whose step gives Q >= 1 by itself (skyvar.flags.IndexFlag)
+# ``indices_flag`` high bits (registry: skyvar.flags.IndexFlag)
+FLAG_BAD_POINTS = int(IndexFlag.BAD_POINTS)  # non-finite magnitudes / non-finite or non-positive errors left out
+FLAG_ZERO_SCATTER = int(IndexFlag.ZERO_SCATTER)  # all valid magnitudes equal: moments and inv_eta undefined
+FLAG_ITER_NOT_CONVERGED = int(IndexFlag.ITER_NOT_CONVERGED)  # iter_std hit max_clip_iters before converging
+FLAG_NO_ERRORS = int(IndexFlag.NO_ERRORS)  # mag_err not given: Q, Q1, Q2 are NaN
+FLAG_QUANTISED = int(IndexFlag.QUANTISED)  # magnitudes on a grid whose step gives Q >= 1 by itself
 
 IQR_TO_SIGMA = 1.3489795003921634
 # CPU tensors take numpy's faster sorts and isfinite; False forces the pure-torch (GPU) code paths.

@@ -18,17 +18,18 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from skyvar.flags import SearchFlag
 from skyvar.lightcurves.batch import LightCurveBatch
 from skyvar.utils.log import get_logger
 
 log = get_logger(__name__)
 
-FLAG_TOO_SHORT = 1  #: too few valid points (or no run long enough) for the search: outputs are NaN
-FLAG_NONFINITE = 2  #: non-finite time or magnitude values were dropped
-FLAG_UNSORTED = 4  #: times were not sorted; sorted here
-FLAG_DUPLICATE_TIME = 8  #: two or more points share a time stamp (kept)
-FLAG_DEGENERATE = 16  #: zero scatter or a singular fit: the statistic is undefined (NaN)
-FLAG_BAD_ERRORS = 32  #: non-finite or non-positive magnitude errors (points kept; weights unusable)
+FLAG_TOO_SHORT = int(SearchFlag.TOO_SHORT)  #: too few valid points (or no run long enough): outputs are NaN
+FLAG_NONFINITE = int(SearchFlag.NONFINITE)  #: non-finite time or magnitude values were dropped
+FLAG_UNSORTED = int(SearchFlag.UNSORTED)  #: times were not sorted; sorted here
+FLAG_DUPLICATE_TIME = int(SearchFlag.DUPLICATE_TIME)  #: two or more points share a time stamp (kept)
+FLAG_DEGENERATE = int(SearchFlag.DEGENERATE)  #: zero scatter or a singular fit: the statistic is undefined (NaN)
+FLAG_BAD_ERRORS = int(SearchFlag.BAD_ERRORS)  #: non-finite or non-positive magnitude errors (weights unusable)
 
 FLAG_NAMES = {
     FLAG_TOO_SHORT: "too_short",

@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from skyvar.flags import CATALOG_BITS, PointFlag
 from skyvar.utils.log import get_logger
 
 log = get_logger(__name__)
@@ -42,9 +43,9 @@ log = get_logger(__name__)
 STORE_COLUMNS = ("source_id", "band", "time", "mag", "mag_err", "flag")
 REQUIRED_COLUMNS = ("source_id", "time", "mag")
 
-FLAG_BAD_ERR = 1 << 16  # mag_err not finite or <= 0
-FLAG_DUPLICATE_TIME = 1 << 17  # another measurement of the same curve at the same time came first
-CATALOG_FLAG_MASK = (1 << 16) - 1
+FLAG_BAD_ERR = int(PointFlag.BAD_ERR)  # mag_err not finite or <= 0
+FLAG_DUPLICATE_TIME = int(PointFlag.DUPLICATE_TIME)  # another measurement of the curve at the same time came first
+CATALOG_FLAG_MASK = CATALOG_BITS
 
 #: Column names seen in survey products, mapped onto the store's names (case-insensitive).
 COLUMN_ALIASES: dict[str, str] = {

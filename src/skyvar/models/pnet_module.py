@@ -22,7 +22,6 @@ release checkpoint (weights, constructor arguments, training metadata; loadable 
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -183,9 +182,11 @@ class PNetModule(L.LightningModule):
         self.test_counts = DetectionCounts(list(val_thresholds), list(match_radii), val_border_px)
         self.meta: dict[str, Any] = {"input_scale_e": float(input_scale_e), "upsample": self.net.upsample,
                                      "heatmap_sigma_px": heatmap_sigma_px, "threshold": 0.35}
-        # exponential moving average of the weights (used for validation, test and the export); kept
-        # outside the state_dict so checkpoints with and without it load into the same module
-        self._ema: dict[str, torch.Tensor] | None = None
+        # exponential moving average of the weights (torch AveragedModel; used for validation, test and the
+        # export); kept outside the state_dict so checkpoints with and without it load into the same module
+        # (held in __dict__, not as a submodule: its copy of the weights must not join the state_dict,
+        # the optimiser or DDP's gradient sync)
+        self.__dict__["_ema"] = None
         self._backup: dict[str, torch.Tensor] | None = None
         if init_from:
             self.init_weights_from(init_from)
@@ -208,12 +209,18 @@ class PNetModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pnet_meta"] = dict(self.meta)
         if self._ema is not None:
-            checkpoint["pnet_ema"] = {k: v.detach().cpu().clone() for k, v in self._ema.items()}
+            checkpoint["pnet_ema"] = {k: v.detach().cpu().clone() for k, v in self._ema_params().items()}
+            checkpoint["pnet_ema_n"] = int(self._ema.n_averaged)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.meta.update(checkpoint.get("pnet_meta", {}))
         if "pnet_ema" in checkpoint:
-            self._ema = {k: v.clone() for k, v in checkpoint["pnet_ema"].items()}
+            self.__dict__["_ema"] = self._new_average()
+            with torch.no_grad():
+                for k, p in self._ema_params().items():
+                    p.copy_(checkpoint["pnet_ema"][k])
+                # older checkpoints did not store the count: any value past the warm-up behaves the same
+                self._ema.n_averaged.fill_(int(checkpoint.get("pnet_ema_n", 10**6)))
 
     # ------------------------------------------------------------------ frozen batch norm
     def on_train_batch_start(self, batch, batch_idx) -> None:
@@ -228,35 +235,44 @@ class PNetModule(L.LightningModule):
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
         if self.current_epoch == e and batch_idx == 0:
-            self._ema = None  # restart the average with the frozen statistics
+            self.__dict__["_ema"] = None  # restart the average with the frozen statistics
             self.meta["bn_frozen_from_epoch"] = int(e)
 
     # ------------------------------------------------------------------ weight averaging
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def _new_average(self) -> torch.optim.swa_utils.AveragedModel:
+        """An exponential moving average of the network's parameters (buffers are the live network's:
+        with frozen BatchNorm they no longer change). The decay is short early in training,
+        min(ema_decay, (1 + n) / (10 + n)) at the n-th update after the first, so the average does not remember the
+        random initialisation."""
         d = float(self.hparams.ema_decay)
-        if d <= 0:
+
+        def ema(avg: torch.Tensor, cur: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            k = float(n) - 1.0  # updates after the one that started the average
+            dk = min(d, (1.0 + k) / (10.0 + k))
+            return avg * dk + cur * (1.0 - dk)
+
+        return torch.optim.swa_utils.AveragedModel(self.net, avg_fn=ema, use_buffers=False)
+
+    def _ema_params(self) -> dict[str, torch.Tensor]:
+        return dict(self._ema.module.named_parameters())
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if float(self.hparams.ema_decay) <= 0:
             return
-        params = dict(self.net.named_parameters())
-        if self._ema is None or any(k not in self._ema for k in params):
-            self._ema = {k: p.detach().clone() for k, p in params.items()}
-            return
-        n = self.global_step
-        d = min(d, (1.0 + n) / (10.0 + n))  # short memory early in training
-        with torch.no_grad():
-            for k, p in params.items():
-                e = self._ema[k]
-                if e.device != p.device:
-                    e = self._ema[k] = e.to(p.device)
-                e.mul_(d).add_(p.detach(), alpha=1.0 - d)
+        if self._ema is None:
+            self.__dict__["_ema"] = self._new_average()
+        self._ema.to(next(self.net.parameters()).device)
+        self._ema.update_parameters(self.net)
 
     def _swap_in_ema(self) -> None:
         if self._ema is None or self._backup is not None:
             return
         params = dict(self.net.named_parameters())
+        avg = self._ema_params()
         self._backup = {k: p.detach().clone() for k, p in params.items()}
         with torch.no_grad():
             for k, p in params.items():
-                p.copy_(self._ema[k].to(p.device))
+                p.copy_(avg[k].to(p.device))
 
     def _swap_out_ema(self) -> None:
         if self._backup is None:
@@ -387,21 +403,21 @@ class PNetModule(L.LightningModule):
         h = self.hparams
         epochs = h.schedule_epochs or self.trainer.max_epochs
         per_epoch = max(1, int(self.trainer.estimated_stepping_batches // max(self.trainer.max_epochs, 1)))
-        sch = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(h.warmup_steps, per_epoch * epochs, h.lr_min_ratio))
+        sch = warmup_cosine(opt, h.warmup_steps, per_epoch * epochs, h.lr_min_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "step", "frequency": 1}}
 
 
-class WarmupCosine:
-    """LR factor per optimiser step: linear warm-up, then cosine from 1 to ``min_ratio`` at ``total``."""
+def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float):
+    """Per-step schedule from torch's schedulers: linear warm-up to the base LR over ``warmup`` steps
+    (factor (s + 1) / warmup), cosine from 1 to ``min_ratio`` until step ``total``, then ``min_ratio``."""
+    from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, SequentialLR
 
-    def __init__(self, warmup: int, total: int, min_ratio: float):
-        self.warmup, self.total, self.min_ratio = int(warmup), max(int(total), 1), float(min_ratio)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        t = min(1.0, (step - self.warmup) / max(self.total - self.warmup, 1))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    warmup, total = max(int(warmup), 1), max(int(total), int(warmup) + 1)
+    base = [g["lr"] for g in opt.param_groups]
+    parts = [LinearLR(opt, start_factor=1.0 / warmup, end_factor=1.0, total_iters=max(warmup - 1, 1)),
+             CosineAnnealingLR(opt, T_max=total - warmup, eta_min=min(base) * float(min_ratio)),
+             ConstantLR(opt, factor=float(min_ratio), total_iters=10**12)]
+    return SequentialLR(opt, parts, milestones=[warmup, total])
 
 
 def example_figure(batch, out, dets, index: int = 0):

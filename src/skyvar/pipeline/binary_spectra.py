@@ -33,15 +33,16 @@ from typing import Any
 
 import numpy as np
 
+from skyvar.flags import SpectrumFlag
 from skyvar.spectra.stars import group_stars  # noqa: F401  (public here too)
 from skyvar.utils.log import get_logger
 
 log = get_logger(__name__)
 
-FLAG_LOW_SNR = 1
-FLAG_NOT_FGK = 2
-FLAG_MASKED = 4
-FLAG_NO_COORDS = 8
+FLAG_LOW_SNR = int(SpectrumFlag.LOW_SNR)
+FLAG_NOT_FGK = int(SpectrumFlag.NOT_FGK)
+FLAG_MASKED = int(SpectrumFlag.MASKED)
+FLAG_NO_COORDS = int(SpectrumFlag.NO_COORDS)
 
 
 def _device(name: str | None) -> str:

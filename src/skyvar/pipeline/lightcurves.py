@@ -75,9 +75,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from skyvar.flags import DEFAULT_LIGHTCURVE_MASK
+from skyvar.flags import mask as flag_mask
 from skyvar.lightcurves.batch import LightCurveBatch
 from skyvar.lightcurves.readers import open_lightcurves
-from skyvar.lightcurves.store import FLAG_DUPLICATE_TIME, open_store
+from skyvar.lightcurves.store import open_store
 from skyvar.utils.atomic import atomic_path, write_json_atomic
 from skyvar.utils.config import stable_hash
 from skyvar.utils.log import get_logger
@@ -93,7 +95,8 @@ NOTE_COLUMNS = ("reject_reason", "stage_errors")
 MAX_LISTED_PER_GROUP = 10_000
 # Catalogue flags that make a point unusable by default: saturated, edge, fit failed, bad pixels,
 # non-positive flux (skyvar.detect.base), and repeated times (store cleaning). Blends are kept.
-DEFAULT_MASK_FLAGS = 1 | 4 | 8 | 16 | 32 | FLAG_DUPLICATE_TIME
+# skyvar.flags: saturated, edge, fit_failed, bad_pixels, nonpositive, duplicate_time
+DEFAULT_MASK_FLAGS = DEFAULT_LIGHTCURVE_MASK
 _HASH_KEY = b"skyvar_features_hash"
 
 
@@ -441,7 +444,7 @@ class LightCurvePipeline:
         names = [getattr(s, "name", None) for s in self.stages]
         if any(n is None for n in names) or len(set(names)) != len(names):
             raise ValueError(f"every stage needs a distinct `name`; got {names}")
-        self.mask_flags = int(mask_flags)
+        self.mask_flags = flag_mask(mask_flags, "point")  # names (as configs write them) or an int
         self.batch_curves = int(batch_curves)
         self.resume = resume
         self.open_kwargs = dict(n_partitions=n_partitions, rows_per_partition=rows_per_partition,

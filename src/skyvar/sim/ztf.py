@@ -67,6 +67,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skyvar.flags import PointFlag
 from skyvar.lightcurves.store import StoreWriter
 from skyvar.utils.atomic import atomic_path, write_json_atomic
 from skyvar.utils.config import config_from_dotlist
@@ -76,7 +77,7 @@ log = get_logger(__name__)
 
 T_START = 58194.0  # 2018-03-17, first ZTF DR2 night
 T_SPAN = 470.0  # days (ZTF DR2: 2018 March - 2019 June)
-FLAG_UNRELIABLE = 8  # skyvar.detect.base.FLAG_FIT_FAILED: masked by the light-curve pipeline by default
+FLAG_UNRELIABLE = int(PointFlag.FIT_FAILED)  # masked by the light-curve pipeline by default
 SIGMA_5 = 2.5 / np.log(10) / 5  # magnitude error of a 5-sigma detection
 STANDARDS_LIKE = ("none", "mag", "epochs", "both")
 
