@@ -415,12 +415,9 @@ def classification_report(candidates: pd.DataFrame, match: pd.DataFrame, truth: 
 # ------------------------------------------------------------------------------------------ figures
 def plot_scatter_vs_mag(runs: dict[str, pd.DataFrame], path: Path, noise: dict | None = None,
                         min_epochs: int = 10, ylim: tuple[float, float] = (3e-4, 2.0)) -> Path:
-    import matplotlib
+    from skyvar.utils.plotting import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, ax = subplots(figsize=(6.4, 4.6))
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for k, (name, st) in enumerate(runs.items()):
         g = (st["truth_row"] >= 0) & (st["n_epochs"].fillna(0) >= min_epochs)
@@ -442,18 +439,14 @@ def plot_scatter_vs_mag(runs: dict[str, pd.DataFrame], path: Path, noise: dict |
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     savefig_atomic(fig, path)
-    plt.close(fig)
     return path
 
 
 def plot_confusion(reports: dict[str, dict], path: Path, which: str = "pipeline") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from skyvar.utils.plotting import subplots
 
     n = len(reports)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
+    fig, axes = subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
     for ax, (name, rep) in zip(axes[0], reports.items()):
         d = rep[which]
         mat = np.array([[d["tn"], d["fp"]], [d["fn"], d["tp"]]], float)
@@ -471,7 +464,6 @@ def plot_confusion(reports: dict[str, dict], path: Path, which: str = "pipeline"
         ax.set_title(f"{name}\nP={p:.3f} R={r:.3f}" if p is not None and r is not None else name, fontsize=9)
     fig.tight_layout()
     savefig_atomic(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -510,10 +502,7 @@ def pick_examples(runs: dict[str, pd.DataFrame], truth: TimeSeriesTruth, mag_tar
 def plot_examples(runs: dict[str, tuple[Any, pd.DataFrame]], truth: TimeSeriesTruth, examples: dict[str, int],
                   path: Path) -> Path | None:
     """Figure 13: measured light curves of the example stars from every run, with the truth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from skyvar.utils.plotting import subplots
 
     if not examples:
         return None
@@ -521,7 +510,7 @@ def plot_examples(runs: dict[str, tuple[Any, pd.DataFrame]], truth: TimeSeriesTr
     fm = truth.frames["mjd"].to_numpy(float)
     curves = {name: load_curves(store, st.loc[st["truth_row"].isin(list(examples.values())), "source_id"])
               for name, (store, st) in runs.items()}
-    fig, axes = plt.subplots(len(examples), 1, figsize=(8, 2.6 * len(examples)), squeeze=False)
+    fig, axes = subplots(len(examples), 1, figsize=(8, 2.6 * len(examples)), squeeze=False)
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for ax, (case, row) in zip(axes[:, 0], examples.items()):
         if truth.mag_epoch is not None:
@@ -543,7 +532,6 @@ def plot_examples(runs: dict[str, tuple[Any, pd.DataFrame]], truth: TimeSeriesTr
     axes[-1, 0].set_xlabel("time since first epoch [d]")
     fig.tight_layout()
     savefig_atomic(fig, path)
-    plt.close(fig)
     return path
 
 

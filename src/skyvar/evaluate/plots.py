@@ -1,6 +1,6 @@
 """Figures of the dense-field paper (Figs 6-9) for any set of detectors side by side.
 
-Each function takes ``results``: {detector name: metrics dict from :func:`skyvar.evaluate.report.evaluate_detections`}
+Each function returns the Figure, or saves it and returns the path when ``path`` is given. It takes ``results``: {detector name: metrics dict from :func:`skyvar.evaluate.report.evaluate_detections`}
 and, for scatter plots, ``pairs``: {name: DataFrame of matched pairs (m_true, m_meas, dist, tp)}.
 """
 
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 
-from skyvar.utils.atomic import savefig_atomic
+from skyvar.utils.plotting import save_or_return, subplots
 
 
 def _centres(m):
@@ -27,9 +26,9 @@ def _key(radius) -> str:
     return f"{float(radius):g}"
 
 
-def detections_vs_mag(results: dict, radius: float, path: Path) -> Path:
+def detections_vs_mag(results: dict, radius: float, path: Path | None = None):
     """Fig. 6: number of targets and of true detections per magnitude bin."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     first = next(iter(results.values()))
     c = _centres(first)
     ax.step(c, _r(first, radius)["per_bin"]["n_targets"], where="mid", color="k", lw=2, label="truth (targets)")
@@ -43,9 +42,9 @@ def detections_vs_mag(results: dict, radius: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def f1_vs_mag(results: dict, radius: float, path: Path) -> Path:
+def f1_vs_mag(results: dict, radius: float, path: Path | None = None):
     """Fig. 7: F1 (and recall, precision) per magnitude bin."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for name, m in results.items():
         pb = _r(m, radius)["per_bin"]
         (line,) = ax.plot(_centres(m), pb["f1"], "-o", ms=3, label=f"{name} F1")
@@ -59,10 +58,10 @@ def f1_vs_mag(results: dict, radius: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def photometric_error(pairs: dict, path: Path, target_mag_max: float = 25.0) -> Path:
+def photometric_error(pairs: dict, path: Path | None = None, target_mag_max: float = 25.0):
     """Fig. 8: Δm = m_measured − m_true against the true magnitude, one panel per detector."""
     n = len(pairs)
-    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4), squeeze=False, sharey=True)
+    fig, axes = subplots(1, n, figsize=(4.5 * n, 4), squeeze=False, sharey=True)
     for ax, (name, p) in zip(axes[0], pairs.items()):
         p = p[p["tp"]]
         dm = p["m_meas"] - p["m_true"]
@@ -76,9 +75,9 @@ def photometric_error(pairs: dict, path: Path, target_mag_max: float = 25.0) -> 
     return _save(fig, path)
 
 
-def photometric_scatter(results: dict, radius: float, path: Path) -> Path:
+def photometric_scatter(results: dict, radius: float, path: Path | None = None):
     """Fig. 9: standard deviation of Δm per magnitude bin (and the robust scatter)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for name, m in results.items():
         pb = _r(m, radius)["per_bin"]
         (line,) = ax.semilogy(_centres(m), pb["phot_std"], "-o", ms=3, label=f"{name} std")
@@ -90,8 +89,8 @@ def photometric_scatter(results: dict, radius: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def astrometric_error(results: dict, radius: float, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
+def astrometric_error(results: dict, radius: float, path: Path | None = None):
+    fig, ax = subplots(figsize=(6, 4))
     for name, m in results.items():
         pb = _r(m, radius)["per_bin"]
         (line,) = ax.semilogy(_centres(m), pb["astro_rms_px"], "-o", ms=3, label=f"{name} RMS")
@@ -103,8 +102,6 @@ def astrometric_error(results: dict, radius: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig, path) -> Path:
-    path = Path(path)
-    savefig_atomic(fig, path)
-    plt.close(fig)
-    return path
+def _save(fig, path):
+    """Save to ``path`` (returned) or, with no path, return the Figure (for a notebook)."""
+    return save_or_return(fig, path)

@@ -580,17 +580,13 @@ class FlareSearch:
         return features
 
     def _plot(self, runs: pd.DataFrame, top: pd.DataFrame, pdir: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         from skyvar.utils.atomic import savefig_atomic
+        from skyvar.utils.plotting import subplots
 
         groups = [g for g in self.calibrations if g != "pooled"]
         ncol = min(3, max(1, len(groups)))
         nrow = int(np.ceil(len(groups) / ncol)) if groups else 1
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
+        fig, axes = subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
         for ax, g in zip(axes.flat, groups):
             t0 = runs.loc[runs.obs_group == g, "t_start"].min()
             plot_cdf_calibration(ax, self.calibrations[g], label=f"obs {g} (t0={t0:.2f})", quantity="FDR")
@@ -598,10 +594,9 @@ class FlareSearch:
             ax.set_visible(False)
         fig.suptitle("Flare FDR calibration (cf. paper Fig. 3)")
         savefig_atomic(fig, pdir / "fdr_cdf.png")
-        plt.close(fig)
 
         if self.long_flare and "inv_eta_threshold" in runs:
-            fig, ax = plt.subplots(figsize=(5.5, 3.8))
+            fig, ax = subplots(figsize=(5.5, 3.8))
             ax.scatter(runs.median_mag, runs.inv_eta, s=2, c="0.6", label="runs")
             ok = np.isfinite(runs.inv_eta_threshold)
             o = np.argsort(runs.median_mag[ok].to_numpy())
@@ -617,7 +612,6 @@ class FlareSearch:
             ax.set_ylabel("1/eta")
             ax.legend(fontsize=7)
             savefig_atomic(fig, pdir / "inv_eta_vs_mag.png")
-            plt.close(fig)
 
         cand = runs[runs.flare_candidate | runs.flare_long_candidate]
         if not len(top) or not len(cand):
@@ -633,7 +627,7 @@ class FlareSearch:
                 continue
             p = groups.get_group(key).sort_values("point")
             time_, mag = p.time.to_numpy(), p.mag.to_numpy()
-            fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})
+            fig, (a1, a2) = subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})
             t = (time_ - time_[0]) * 24
             a1.errorbar(t, mag, p.mag_err.to_numpy(), fmt=".", ms=3, c="k", lw=0.5)
             a1.plot(t, p.model.to_numpy(), "r-", lw=1, label="Fourier(4)+poly(2) detrend")
@@ -652,7 +646,6 @@ class FlareSearch:
             a2.set_ylabel("V (robust sigma)")
             a2.set_title("flare window", fontsize=9)
             savefig_atomic(fig, pdir / "candidates" / f"{r.source_id}_{r.band}_run{r.run_index}.png")
-            plt.close(fig)
             n += 1
 
 

@@ -280,7 +280,6 @@ class MultibandPeriodSearch:
         from skyvar.lightcurves import plots
         from skyvar.utils.atomic import savefig_atomic
 
-        plt = plots._plt()
         order = top.groupby("source_id").log10_fap.first().sort_values().index[: self.n_plots]
         for sid in order:
             p = top[top.source_id == sid]
@@ -296,4 +295,3 @@ class MultibandPeriodSearch:
                                                  p.band.to_numpy().astype(str), grid.freq, pw, f0,
                                                  f"{sid}: P = {P:.6f} d, log10 FAP = {p.log10_fap.iloc[0]:.1f}")
             savefig_atomic(fig, pdir / "candidates" / f"{str(sid).replace('/', '_')}.png")
-            plt.close(fig)

@@ -402,15 +402,12 @@ class PeriodSearch:
         from skyvar.lightcurves import plots
         from skyvar.utils.atomic import savefig_atomic
 
-        plt = plots._plt()
         if len(runs) and self.thresholds:
             fig = plots.plot_pwr_fmax(runs, self.thresholds)
             savefig_atomic(fig, pdir / "pwr_fmax.png")
-            plt.close(fig)
         if self.calibrations:
             fig = plots.plot_fap_calibration(self.calibrations)
             savefig_atomic(fig, pdir / "fap_cdf.png")
-            plt.close(fig)
         cand = features[features.period_candidate]
         if not len(cand) or not len(top):
             return
@@ -451,7 +448,6 @@ class PeriodSearch:
                                               zoom=kind != "run" and grid.nf > 2000)
             sid = str(gkey[0]).replace("/", "_")
             savefig_atomic(fig, pdir / "candidates" / f"{sid}_{gkey[1]}_{kind}{max(int(gkey[3]), 0)}.png")
-            plt.close(fig)
 
 def _long_table(batch: LightCurveBatch, sel: np.ndarray, npts: np.ndarray, per_lc: dict) -> pd.DataFrame:
     """Long (one row per point) table of the light curves ``sel`` of ``batch`` plus per-curve values."""

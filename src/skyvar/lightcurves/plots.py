@@ -1,4 +1,4 @@
-"""Figures of the variability modules (matplotlib, Agg).
+"""Figures of the variability modules (matplotlib Figures without pyplot: no backend switch).
 
 ``plot_*`` functions that take a path write the file atomically; the others return the Figure and
 leave saving to the caller (the pipeline stages).
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
 from skyvar.utils.atomic import savefig_atomic
+from skyvar.utils.plotting import subplots
 
 LABELS = {
     "Q": "Q", "Q1": "Q1", "Q2": "Q2", "std": "Std (mag)", "iter_std": "Iter-std (mag)", "iter_std_3": "Iter-std, 3 it.",
@@ -20,15 +23,6 @@ LABELS = {
 }
 # Indices that are positive and span decades: histogram and plot them on a log axis.
 LOG_INDICES = {"Q", "Q1", "Q2", "std", "iter_std", "iter_std_3", "cv", "mad", "amp", "robust_std", "inv_eta"}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _bins(v: np.ndarray, name: str, n: int = 50):
@@ -49,7 +43,6 @@ def plot_index_distributions(features: pd.DataFrame, out_dir: Path, names: list[
                              label_col: str | None = None, labels: dict | None = None) -> list[Path]:
     """Histograms of each index (per band; split by ``label_col`` when given, as the paper's Fig. 4)
     and the indices against median magnitude. Returns the files written."""
-    plt = _plt()
     out_dir = Path(out_dir)
     written = []
     bands = sorted(features["band"].unique()) if "band" in features else [""]
@@ -60,7 +53,7 @@ def plot_index_distributions(features: pd.DataFrame, out_dir: Path, names: list[
     nrow = int(np.ceil(len(names) / ncol))
     for band in bands:
         sub = features[features["band"] == band] if "band" in features else features
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
+        fig, axes = subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
         for ax, name in zip(axes.flat, names):
             groups = [(None, sub)] if label_col is None else [
                 (lab, sub[sub[label_col] == lab]) for lab in sorted(sub[label_col].unique())]
@@ -73,7 +66,7 @@ def plot_index_distributions(features: pd.DataFrame, out_dir: Path, names: list[
                 ax.hist(v, bins=edges, histtype="step", lw=1.2, label=text)
             if name in LOG_INDICES:
                 ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(plt.NullFormatter())
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel(LABELS.get(name, name))
             ax.set_yticks([])
         for ax in list(axes.flat)[len(names):]:
@@ -83,11 +76,10 @@ def plot_index_distributions(features: pd.DataFrame, out_dir: Path, names: list[
         fig.suptitle(f"variability indices{f', band {band}' if band else ''} ({len(sub)} light curves)")
         fig.subplots_adjust(left=0.03, right=0.98, bottom=0.09, top=0.92, wspace=0.12, hspace=0.45)
         written.append(savefig_atomic(fig, out_dir / f"distributions_{band or 'all'}.png", bbox_inches=None))
-        plt.close(fig)
 
         if "median_mag" in sub and len(sub):
             show = [n for n in ("robust_std", "inv_eta", "Q2", "std") if n in sub]
-            fig, axes = plt.subplots(1, len(show), figsize=(3.4 * len(show), 3.0), squeeze=False)
+            fig, axes = subplots(1, len(show), figsize=(3.4 * len(show), 3.0), squeeze=False)
             for ax, name in zip(axes.flat, show):
                 ax.scatter(sub["median_mag"], sub[name], s=2, alpha=0.4, lw=0, color="k")
                 if name in LOG_INDICES:
@@ -96,7 +88,6 @@ def plot_index_distributions(features: pd.DataFrame, out_dir: Path, names: list[
                 ax.set_ylabel(LABELS.get(name, name))
             fig.subplots_adjust(left=0.08, right=0.98, bottom=0.16, top=0.95, wspace=0.4)
             written.append(savefig_atomic(fig, out_dir / f"vs_magnitude_{band or 'all'}.png", bbox_inches=None))
-            plt.close(fig)
     return written
 
 
@@ -104,9 +95,8 @@ def plot_excess_selection(df: pd.DataFrame, fits: dict, path: Path, mag_column: 
                           title: str = "") -> Path:
     """The minute-cadence paper's Figure 2: counts per bin (all and selected), then each index against
     median magnitude with the fitted median and n-sigma excess curves, selected points coloured."""
-    plt = _plt()
     idxs = list(fits)
-    fig, axes = plt.subplots(1 + len(idxs), 1, figsize=(5.5, 2.4 * (1 + len(idxs))), sharex=True, squeeze=False)
+    fig, axes = subplots(1 + len(idxs), 1, figsize=(5.5, 2.4 * (1 + len(idxs))), sharex=True, squeeze=False)
     axes = axes[:, 0]
     mag = df[mag_column].to_numpy(dtype=float)
     any_fit = next(iter(fits.values()))
@@ -139,15 +129,14 @@ def plot_excess_selection(df: pd.DataFrame, fits: dict, path: Path, mag_column: 
         axes[0].set_title(title)
     fig.tight_layout()
     out = savefig_atomic(fig, path)
-    plt.close(fig)
     return out
 
 
 # ------------------------------------------------------------------------------ period searches
-def _grid_axes(plt, n: int, w: float, h: float):
+def _grid_axes(n: int, w: float, h: float):
     ncol = min(3, n)
     nrow = int(np.ceil(n / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(w * ncol, h * nrow), squeeze=False)
+    fig, axes = subplots(nrow, ncol, figsize=(w * ncol, h * nrow), squeeze=False)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat)[:n]
@@ -157,9 +146,8 @@ def plot_pwr_fmax(runs: pd.DataFrame, thresholds: dict):
     """The minute-cadence paper's Figure 4: Pwr_max against f_max of the runs of each observation
     (``runs.obs_group``) with its binned n-sigma threshold (:class:`~skyvar.lightcurves.calibration.
     BinnedThreshold`), runs above it circled. Returns the Figure."""
-    plt = _plt()
     groups = sorted(thresholds)
-    fig, axes = _grid_axes(plt, len(groups), 4.5, 3.5)
+    fig, axes = _grid_axes(len(groups), 4.5, 3.5)
     for ax, g in zip(axes, groups):
         sub = runs[runs.obs_group == g]
         thr = thresholds[g]
@@ -181,9 +169,8 @@ def plot_fap_calibration(calibrations: dict):
     """The minute-cadence paper's Figure 5: the FAP calibration fit of each group. Returns the Figure."""
     from skyvar.lightcurves.calibration import plot_cdf_calibration
 
-    plt = _plt()
     groups = sorted(calibrations)
-    fig, axes = _grid_axes(plt, len(groups), 4.2, 3.4)
+    fig, axes = _grid_axes(len(groups), 4.2, 3.4)
     for ax, g in zip(axes, groups):
         plot_cdf_calibration(ax, calibrations[g], label=g, quantity="FAP")
     fig.suptitle("FAP calibration (cf. paper Fig. 5)")
@@ -195,10 +182,9 @@ def plot_period_candidate(t, mag, mag_err, freq, power, f_max: float, title: str
     """A periodogram (``freq`` in d^-1) with its peak ``f_max`` marked, beside the light curve folded at
     ``1/f_max``; ``zoom`` adds an inset of +-12/T around the peak (fringes of spliced or survey
     sampling). Returns the Figure."""
-    plt = _plt()
     t, mag, mag_err = (np.asarray(a, float) for a in (t, mag, mag_err))
     P = 1.0 / f_max
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, (a1, a2) = subplots(1, 2, figsize=(10, 3.4))
     a1.plot(freq, power, "k-", lw=0.3)
     a1.axvline(f_max, c="tab:red", lw=0.8, ls=":")
     span = t.max() - t.min()
@@ -223,10 +209,9 @@ def plot_period_candidate(t, mag, mag_err, freq, power, f_max: float, title: str
 def plot_multiband_candidate(t, mag, mag_err, band, freq, power, f_max: float, title: str = ""):
     """The multi-band scan around its chosen peak ``f_max`` (d^-1) beside every band folded at
     ``1/f_max``, each band shifted to its median (bands in the order of their labels). Returns the Figure."""
-    plt = _plt()
     t, mag, mag_err = (np.asarray(a, float) for a in (t, mag, mag_err))
     band = np.asarray(band).astype(str)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (a1, a2) = subplots(1, 2, figsize=(10, 3.6))
     a1.plot(freq, power, "k-", lw=0.4)
     a1.axvline(f_max, c="tab:red", lw=0.8, ls=":")
     a1.set_xlabel("frequency (d^-1)")
@@ -234,7 +219,7 @@ def plot_multiband_candidate(t, mag, mag_err, band, freq, power, f_max: float, t
     a1.set_title(title, fontsize=9)
     ph = np.mod((t - t.min()) * f_max, 1.0)
     bands = sorted(set(band))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     offset = 0.0
     for i, b in enumerate(bands):
         m = band == b

@@ -50,6 +50,7 @@ import json
 import sys
 from pathlib import Path
 
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
@@ -509,19 +510,15 @@ def tables_markdown(res: EvaluationResult, thresholds=(0.68, 0.95)) -> str:
 
 def plot_figures(res: EvaluationResult, band: str, train: pd.DataFrame, scores: dict, y_test, fig_dir: Path,
                  parameters) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     from skyvar.lightcurves.plots import LABELS, LOG_INDICES
+    from skyvar.utils.plotting import subplots
 
     fig_dir = Path(fig_dir)
     models = res.models[band]
     # Figure 6: P against each parameter.
     ncol = 5
     nrow = int(np.ceil(len(parameters) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.7 * nrow), squeeze=False)
+    fig, axes = subplots(nrow, ncol, figsize=(3.2 * ncol, 2.7 * nrow), squeeze=False)
     for ax, name in zip(axes.flat, parameters):
         m = models[name]
         x, p = m.x, m.p
@@ -529,7 +526,7 @@ def plot_figures(res: EvaluationResult, band: str, train: pd.DataFrame, scores: 
             keep = x > 0
             x, p = x[keep], p[keep]
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(plt.NullFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         lo, hi = np.percentile(x, [0.5, 99.5]) if len(x) > 10 else (x.min(), x.max())
         sel = (x >= lo) & (x <= hi)
         ax.plot(x[sel], p[sel], lw=1)
@@ -541,7 +538,6 @@ def plot_figures(res: EvaluationResult, band: str, train: pd.DataFrame, scores: 
     fig.suptitle(f"Figure 6 ({band}): variability probability vs parameter (eq. 9, training 80 %)")
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.12, top=0.9, wspace=0.35, hspace=0.45)
     savefig_atomic(fig, fig_dir / f"figure6_probability_{band}.png", bbox_inches=None)
-    plt.close(fig)
 
     # Figure 7: the four scores against the probability threshold (the paper shows Q).
     c_all = res.curves[res.curves.band == band]
@@ -549,7 +545,7 @@ def plot_figures(res: EvaluationResult, band: str, train: pd.DataFrame, scores: 
         if name not in scores:
             continue
         c = c_all[c_all.parameter == name]
-        fig, ax = plt.subplots(figsize=(4.5, 3.3))
+        fig, ax = subplots(figsize=(4.5, 3.3))
         for k in ("accuracy", "precision", "recall", "f1"):
             ax.plot(c.threshold, c[k], label=k)
         ax.set_xlabel("probability threshold")
@@ -560,10 +556,9 @@ def plot_figures(res: EvaluationResult, band: str, train: pd.DataFrame, scores: 
         fig.subplots_adjust(left=0.15, right=0.97, bottom=0.15, top=0.9)
         safe = name.replace(" ", "_").replace("(", "").replace(")", "")
         savefig_atomic(fig, fig_dir / f"figure7_{safe}_{band}.png", bbox_inches=None)
-        plt.close(fig)
 
     # Figure 8: ROC curves.
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    fig, ax = subplots(figsize=(5.2, 4.6))
     for name, p in scores.items():
         fpr, tpr, a = roc(p, y_test)
         ax.plot(fpr, tpr, lw=2.0 if name in ("Q2", ALL_MODEL) else 1.0,
@@ -575,7 +570,6 @@ def plot_figures(res: EvaluationResult, band: str, train: pd.DataFrame, scores: 
     ax.legend(fontsize=7, loc="lower right")
     fig.subplots_adjust(left=0.13, right=0.97, bottom=0.11, top=0.93)
     savefig_atomic(fig, fig_dir / f"figure8_roc_{band}.png", bbox_inches=None)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------ the sample (Figs. 2-5)
@@ -651,15 +645,12 @@ def sample_markdown(diag: pd.DataFrame) -> str:
 
 def plot_sample(diag: pd.DataFrame, features: pd.DataFrame, labels: pd.DataFrame, fig_dir: Path) -> None:
     """Figures 2–5 of the paper for our sample: detections and magnitudes, sigma levels, Q and Q2, Iter-std."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from skyvar.utils.plotting import subplots
 
     fig_dir = Path(fig_dir)
     bands = sorted(diag.band.unique())
     cls = ((1, "variables", "tab:red"), (0, "standard stars", "tab:blue"))
-    fig, axes = plt.subplots(len(bands), 2, figsize=(9, 3.0 * len(bands)), squeeze=False)
+    fig, axes = subplots(len(bands), 2, figsize=(9, 3.0 * len(bands)), squeeze=False)
     for i, band in enumerate(bands):
         d = diag[diag.band == band]
         for lab, name, c in cls:
@@ -672,9 +663,8 @@ def plot_sample(diag: pd.DataFrame, features: pd.DataFrame, labels: pd.DataFrame
     fig.suptitle("Figure 2: detections and mean magnitude by class")
     fig.tight_layout()
     savefig_atomic(fig, fig_dir / "figure2_sample.png")
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    fig, axes = subplots(1, 3, figsize=(11, 3.2))
     d = diag[diag.band == bands[-1]]
     for ax, k in zip(axes, (1, 2, 3)):
         for lab, name, c in cls:
@@ -685,25 +675,23 @@ def plot_sample(diag: pd.DataFrame, features: pd.DataFrame, labels: pd.DataFrame
     fig.suptitle("Figure 3: sigma levels")
     fig.tight_layout()
     savefig_atomic(fig, fig_dir / "figure3_sigma_levels.png")
-    plt.close(fig)
 
     f = features.merge(labels[["source_id", "label"]], on="source_id")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = subplots(1, 2, figsize=(9, 3.2))
     for ax, col in zip(axes, ("Q", "Q2")):
         v = f[col].to_numpy(float)
         bins = np.logspace(np.log10(max(np.nanpercentile(v, 0.5), 1e-2)), np.log10(np.nanpercentile(v, 99.5)), 50)
         for lab, name, c in cls:
             ax.hist(f[f.label == lab][col], bins=bins, histtype="step", color=c, label=name)
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(f"{col} (g and r)")
     axes[0].legend(fontsize=8)
     fig.suptitle("Figure 4: Q and Q2 by class")
     fig.tight_layout()
     savefig_atomic(fig, fig_dir / "figure4_Q_Q2.png")
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(bands), figsize=(4.5 * len(bands), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(bands), figsize=(4.5 * len(bands), 3.2), squeeze=False)
     for ax, band in zip(axes[0], bands):
         d = diag[(diag.band == band) & (diag.label == 1)]
         bins = np.logspace(-2.5, 0, 51)
@@ -717,7 +705,6 @@ def plot_sample(diag: pd.DataFrame, features: pd.DataFrame, labels: pd.DataFrame
     fig.suptitle("Figure 5: Iter-std over three iterations")
     fig.tight_layout()
     savefig_atomic(fig, fig_dir / "figure5_iter_std.png")
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------- reproduce

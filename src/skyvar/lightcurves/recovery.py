@@ -246,14 +246,10 @@ def _period_tables(var: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 # ----------------------------------------------------------------------------- figures
 def _figures(flares: dict, periods: list[dict], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from skyvar.utils.atomic import savefig_atomic
+    from skyvar.utils.plotting import subplots
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = subplots(1, 2, figsize=(10, 3.8))
     for ax, tag in zip(axes, ("paper", "clipped")):
         g = _completeness_grid(flares[tag]["flares"]).set_index("peak dF/F / sigma_F")
         im = ax.imshow(g.to_numpy(float), origin="lower", vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -268,9 +264,8 @@ def _figures(flares: dict, periods: list[dict], out_dir: Path) -> None:
                      fontsize=9)
     fig.colorbar(im, ax=axes, label=f"completeness at FDR_cal <= {1e-6:g}")
     savefig_atomic(fig, out_dir / "flare_completeness.png")
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = subplots(1, 2, figsize=(10, 3.8))
     for pr in periods:
         var = pr["var"]
         for ax, search in zip(axes, ("run", "spliced")):
@@ -292,7 +287,6 @@ def _figures(flares: dict, periods: list[dict], out_dir: Path) -> None:
     axes[0].legend(fontsize=6)
     axes[1].legend(fontsize=6)
     savefig_atomic(fig, out_dir / "period_recovery.png")
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- main

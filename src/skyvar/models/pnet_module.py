@@ -382,14 +382,12 @@ class PNetModule(L.LightningModule):
         if not loggers or self.global_rank != 0:
             return
         fig = example_figure(batch, out, dets)
-        import matplotlib.pyplot as plt
 
         for lg in loggers:
             try:
                 lg.log_image(key="val/example", images=[fig], step=self.global_step)
             except Exception as e:  # a logging failure must not stop training
                 log.warning("image logging failed: %s", e)
-        plt.close(fig)
 
     # ------------------------------------------------------------------ optimisers
     def configure_optimizers(self):
@@ -422,17 +420,14 @@ def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, total: int, min_ratio
 
 def example_figure(batch, out, dets, index: int = 0):
     """Stamp (asinh), predicted heatmap, and detections (red +) over truth targets (cyan o)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from skyvar.utils.plotting import subplots
 
     img = (batch["image"][index, 0] - batch["background"][index, 0]).detach().cpu().numpy()
     heat = torch.sigmoid(out["heat"][index, 0]).detach().cpu().numpy()
     v = batch["truth_valid"][index].cpu().numpy() & batch["truth_target"][index].cpu().numpy()
     txy = batch["truth_xy"][index].cpu().numpy()[v]
     d = dets[index]
-    fig, ax = plt.subplots(1, 3, figsize=(12, 4.2))
+    fig, ax = subplots(1, 3, figsize=(12, 4.2))
     ax[0].imshow(np.arcsinh(img / 10.0), origin="lower", cmap="gray")
     ax[0].set_title("stamp (asinh)")
     H, W = img.shape

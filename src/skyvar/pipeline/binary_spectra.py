@@ -795,16 +795,12 @@ def _store_temperature(path: str, T: float) -> None:
 
 
 def _figures(fig_dir: Path, p, pc, yt, th, prec, q_edges, frac_q, fpr, tpr, res) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from skyvar.utils.atomic import savefig_atomic
+    from skyvar.utils.plotting import subplots
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     # Figure 3 analogue: p_b PDFs and prior-corrected precision.
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     bins = np.linspace(0, 1, 26)
     ax.hist(p[yt], bins=bins, density=True, color="tab:blue", alpha=0.5, label=f"binaries (n={yt.sum()})")
     ax.hist(p[~yt], bins=bins, density=True, histtype="step", color="tab:red", lw=1.5, label=f"singles (n={(~yt).sum()})")
@@ -820,9 +816,8 @@ def _figures(fig_dir: Path, p, pc, yt, th, prec, q_edges, frac_q, fpr, tpr, res)
     ax.legend(h1 + h2, l1 + l2, loc="upper center", fontsize=8)
     ax.set_title(f"test set: AUC {res['auc']:.3f}")
     savefig_atomic(fig, fig_dir / "pb_distribution.png")
-    plt.close(fig)
     # Figure 4 analogue: binary fraction vs mass ratio.
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     qc = 0.5 * (q_edges[1:] + q_edges[:-1])
     for t, c in (("0.5", "tab:blue"), ("0.8", "tab:orange")):
         ax.plot(qc, [np.nan if v is None else v for v in frac_q[t]], "o-", color=c, label=f"$p_{{th}}$ = {t}")
@@ -832,9 +827,8 @@ def _figures(fig_dir: Path, p, pc, yt, th, prec, q_edges, frac_q, fpr, tpr, res)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     savefig_atomic(fig, fig_dir / "binary_fraction_vs_q.png")
-    plt.close(fig)
     # ROC and reliability diagram.
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    fig, ax = subplots(1, 2, figsize=(10, 4))
     ax[0].plot(fpr, tpr, color="k")
     ax[0].plot([0, 1], [0, 1], ":", color="0.5")
     ax[0].set_xlabel("false positive rate")
@@ -853,23 +847,18 @@ def _figures(fig_dir: Path, p, pc, yt, th, prec, q_edges, frac_q, fpr, tpr, res)
     ax[1].legend(fontsize=8)
     ax[1].set_title("reliability (test set, 18:1 prior)")
     savefig_atomic(fig, fig_dir / "roc_calibration.png")
-    plt.close(fig)
     _figure_regimes(fig_dir, res)
 
 
 def _figure_regimes(fig_dir: Path, res: dict) -> None:
     """AUC per |Δv| and light-ratio bin on the realistic population: this model, compared models and the
     single-template χ² reference (``python -m skyvar.pipeline.binary_spectra evaluate`` writes it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from skyvar.utils.atomic import savefig_atomic
+    from skyvar.utils.plotting import subplots
 
     if "regimes_population" not in res:
         return
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    fig, ax = subplots(1, 2, figsize=(10, 4))
     curves = [("this model", res["regimes_population"])]
     curves += [(Path(k).stem, v["regimes_population"]) for k, v in res.get("comparisons", {}).items()]
     if "oracle" in res:
@@ -890,7 +879,6 @@ def _figure_regimes(fig_dir: Path, res: dict) -> None:
     ax[0].legend(fontsize=7)
     fig.tight_layout()
     savefig_atomic(fig, fig_dir / "auc_by_regime.png")
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

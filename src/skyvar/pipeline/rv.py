@@ -592,14 +592,10 @@ def evaluate_mock(t: Table, zp: Table, cands: Table, out_dir: Path, stars: Table
 
 
 def _figure_residuals(r0, r1, dz, floors, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from skyvar.utils.atomic import savefig_atomic
+    from skyvar.utils.plotting import subplots
 
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, ax = subplots(1, 3, figsize=(13, 3.8))
     r0 = r0[np.isfinite(r0)]
     r1 = r1[np.isfinite(r1)]
     ax[0].hist(r0, bins=60, color="tab:red", histtype="stepfilled", alpha=0.7)
@@ -617,18 +613,13 @@ def _figure_residuals(r0, r1, dz, floors, path):
     ax[2].legend(fontsize=8)
     fig.tight_layout()
     savefig_atomic(fig, path)
-    plt.close(fig)
 
 
 def _figure_binaries(t: Table, path, stars: Table | None = None,
                      targets=((0.6894, 13.23), (0.6373, 13.01), (2.9098, 5.91))):
     """Figure 2: the three mock binaries closest (in period and amplitude) to the paper's Table 1."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from skyvar.utils.atomic import savefig_atomic
+    from skyvar.utils.plotting import subplots
 
     stype = np.asarray(t["star_type"]).astype(str)
     bi = t[stype == "binary"]
@@ -656,7 +647,7 @@ def _figure_binaries(t: Table, path, stars: Table | None = None,
         amp = {n: np.ptp(per[n][1]) / 2 for n in names}
         for n in sorted(names, key=lambda n: -amp[n])[:3]:
             chosen.append((n, np.nan, amp[n], np.nan))
-    fig, axes = plt.subplots(2, len(chosen), figsize=(4.3 * len(chosen), 5.5), sharex="col",
+    fig, axes = subplots(2, len(chosen), figsize=(4.3 * len(chosen), 5.5), sharex="col",
                              gridspec_kw={"height_ratios": [3, 1.3]}, squeeze=False)
     for j, (n, p, k, t0) in enumerate(chosen):
         tt, vv, ro, rc = per[n]
@@ -683,7 +674,6 @@ def _figure_binaries(t: Table, path, stars: Table | None = None,
             a.legend(fontsize=8)
     fig.tight_layout()
     savefig_atomic(fig, path)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------- precision study
@@ -935,15 +925,11 @@ def _arm_dispatch(models: dict, wave):
 
 
 def _figure_precision(tab: Table, path, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from skyvar.utils.atomic import savefig_atomic
+    from skyvar.utils.plotting import subplots
 
     arms = [a for a in ("R", "B") if np.any(tab["arm"] == a)]
-    fig, axes = plt.subplots(1, len(arms), figsize=(5.5 * len(arms), 4.2), squeeze=False)
+    fig, axes = subplots(1, len(arms), figsize=(5.5 * len(arms), 4.2), squeeze=False)
     for ax, arm, lab in zip(axes[0], arms, ("(a)", "(b)")):
         for name in dict.fromkeys(tab["template"]):
             s = tab[(tab["arm"] == arm) & (tab["template"] == name)]
@@ -955,7 +941,6 @@ def _figure_precision(tab: Table, path, title: str):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     savefig_atomic(fig, path)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------- injections

@@ -136,13 +136,10 @@ def validate(cfg: FieldSimConfig | None = None, out_dir: str | None = None) -> d
     res["sky_noise_measured"] = float(np.std(img) * cfg.gain)
     res["sky_noise_expected"] = float(np.sqrt(background_var(cfg)))
     if out_dir:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from skyvar.utils.plotting import subplots
 
         m = np.linspace(14, 27, 200)
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = subplots(figsize=(6, 4))
         ax.semilogy(m, snr_psf(m, cfg), label="PSF fit (optimal), with systematic floor")
         ax.semilogy(m, snr_psf(m, cfg, systematic=False), ls=":", label="PSF fit, photon + read noise only")
         ax.semilogy(m, snr_aperture(m, cfg), ls="--", label="aperture r = R_EE80")
@@ -157,7 +154,6 @@ def validate(cfg: FieldSimConfig | None = None, out_dir: str | None = None) -> d
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         savefig_atomic(fig, Path(out_dir) / "snr_vs_mag.png")
-        plt.close(fig)
         write_json_atomic(Path(out_dir) / "validation.json", res)
     return res
 
