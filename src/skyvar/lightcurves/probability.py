@@ -824,7 +824,7 @@ class PaperReproduction:
 
     def __init__(self, out_dir: str, seed: int = 0, test_fraction: float = 0.2, window: float = 0.01,
                  bands=("g", "r"), all_model: bool = True, plots: bool = True, sim: dict | None = None,
-                 per_band: bool = True, pool_factor: int = 10, subsets=SUBSETS, **_ignored):
+                 per_band: bool = True, pool_factor: int = 10, subsets=SUBSETS):
         self.cfg = ReproduceConfig(out_dir=str(out_dir), seed=int(seed), test_fraction=test_fraction, window=window,
                                    bands=list(bands), all_model=all_model, plots=plots, sim=dict(sim or {}),
                                    per_band=bool(per_band), pool_factor=int(pool_factor), subsets=list(subsets))

@@ -72,7 +72,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skyvar.flags import DEFAULT_LIGHTCURVE_MASK
@@ -80,7 +79,8 @@ from skyvar.flags import mask as flag_mask
 from skyvar.lightcurves.batch import LightCurveBatch
 from skyvar.lightcurves.readers import open_lightcurves
 from skyvar.lightcurves.store import open_store
-from skyvar.utils.atomic import atomic_path, write_json_atomic
+from skyvar.pipeline.resume import parquet_stamp, write_stamped_parquet
+from skyvar.utils.atomic import write_json_atomic
 from skyvar.utils.config import stable_hash
 from skyvar.utils.log import get_logger
 
@@ -97,7 +97,6 @@ MAX_LISTED_PER_GROUP = 10_000
 # non-positive flux (skyvar.detect.base), and repeated times (store cleaning). Blends are kept.
 # skyvar.flags: saturated, edge, fit_failed, bad_pixels, nonpositive, duplicate_time
 DEFAULT_MASK_FLAGS = DEFAULT_LIGHTCURVE_MASK
-_HASH_KEY = b"skyvar_features_hash"
 
 
 def stage_signature(stage: Any) -> dict:
@@ -375,20 +374,11 @@ def curve_failures(features: pd.DataFrame, rejected: list[dict] | None = None,
 
 
 def _write_features(df: pd.DataFrame, path: Path, stamp: str | None = None) -> None:
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    if stamp is not None:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _HASH_KEY: stamp.encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    write_stamped_parquet(df, path, stamp)
 
 
 def _stamp_of(path: Path) -> str | None:
-    try:
-        md = pq.read_schema(path).metadata or {}
-    except Exception:
-        return None
-    v = md.get(_HASH_KEY)
-    return v.decode() if v else None
+    return parquet_stamp(path)
 
 
 def dask_features(ddf, stages: list, out_dir: str | Path, mask_flags: int = DEFAULT_MASK_FLAGS,
@@ -432,9 +422,13 @@ class LightCurvePipeline:
     def __init__(self, input: str, out_dir: str, stages: list | None = None, mask_flags: int = DEFAULT_MASK_FLAGS,
                  batch_curves: int = 50_000, resume: bool = True, n_partitions: int | None = None,
                  rows_per_partition: int = 2_000_000, band_default: str = "", dask: dict | None = None,
-                 progress: bool = True, truth: str | None = None, **_ignored):
+                 progress: bool = True, truth: str | None = None):
         if input is None:
             raise ValueError("pipeline=lightcurves needs input=<store dir | parquet/csv file | dir of tables>")
+        if truth is not None:
+            # accepting it silently would suggest an evaluation that does not happen
+            raise ValueError("pipeline=lightcurves does not use truth=; light curves are evaluated against a "
+                             "simulation by pipeline=field (truth=...) or `skyvar compare-lightcurves`")
         self.input = input
         self.out_dir = Path(out_dir)
         # A mapping name -> stage (the config's `stages:`; a null entry drops that stage) or a list.

@@ -23,7 +23,7 @@ from skyvar.utils.log import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["Manifest", "StageRunner", "stable_hash"]
+__all__ = ["Manifest", "StageRunner", "stable_hash", "write_stamped_parquet", "parquet_stamp"]
 
 
 class Manifest:
@@ -129,3 +129,38 @@ class StageRunner:
 def brief(rec: dict) -> dict:
     """A stage record for summary.json: without the long lists (they stay in the stage's manifest)."""
     return {k: v for k, v in rec.items() if k not in ("failures", "catalogs", "outputs", "hash")}
+
+
+# ------------------------------------------------------------------------------------------ stamped outputs
+# A unit whose output is one Parquet file carries its key inside the file (schema metadata): the output and
+# its manifest can never disagree, and a file written without a key (a unit that must be retried) is
+# simply not reused.
+_STAMP_KEY = b"skyvar_features_hash"
+
+
+def write_stamped_parquet(df, path: str | Path, key_hash: str | None) -> Path:
+    """Write a DataFrame to Parquet atomically with ``key_hash`` in its schema metadata (None: no key,
+    so a rerun recomputes it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from skyvar.utils.atomic import atomic_path
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if key_hash is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _STAMP_KEY: key_hash.encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def parquet_stamp(path: str | Path) -> str | None:
+    """The key a stamped Parquet output was written for (None when absent or unreadable)."""
+    import pyarrow.parquet as pq
+
+    try:
+        md = pq.read_schema(path).metadata or {}
+    except Exception:
+        return None
+    v = md.get(_STAMP_KEY)
+    return v.decode() if v else None
