@@ -99,8 +99,13 @@ class PeriodSearch:
         plots: bool = True,
         n_plots: int = 12,
         plot_buffer: int = 64,
+        min_levels: int = 4,
     ):
         self.name = name
+        # A curve whose valid magnitudes take fewer than this many distinct values (exactly constant,
+        # saturated, or rounded to a grid coarser than its scatter) has no usable periodogram: its power is
+        # round-off or the rounding pattern. It gets NaN and FLAG_DEGENERATE instead of a period.
+        self.min_levels = int(min_levels)
         self.min_epochs = int(min_epochs)
         self.run_gap = float(run_gap)
         self.cadence_limit = float(cadence_limit)
@@ -115,11 +120,9 @@ class PeriodSearch:
         self.backend = backend
         self.dtype = dtype
         self.compile = compile
-        if device == "auto":
-            import torch
+        from skyvar.device import resolve_device
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = device
+        self.device = resolve_device(device)
         self.fap_threshold = float(fap_threshold)
         self.calibrate = bool(calibrate)
         self.calibration_bin = float(calibration_bin)
@@ -175,6 +178,12 @@ class PeriodSearch:
     def search(self, batch: LightCurveBatch) -> tuple[pd.DataFrame, pd.DataFrame]:
         clean, row_flags = clean_batch(batch)
         n = len(clean)
+        nvalid_all = clean.mask.sum(axis=1)
+        degenerate = magnitude_levels(clean.mag, clean.mask) < self.min_levels
+        if degenerate.any():  # searched as if empty; flagged degenerate below
+            import dataclasses
+
+            clean = dataclasses.replace(clean, mask=clean.mask & ~degenerate[:, None])
         segs_all = split_runs(clean, gap=self.run_gap, min_points=1, clean=False)
         n_runs = segs_all.n_segments
         nvalid = clean.mask.sum(axis=1)
@@ -237,9 +246,9 @@ class PeriodSearch:
         out["period"] = 1.0 / out["f_max"]
         out["fap"] = 10.0 ** out["log10_fap"]
         short = ~np.isfinite(out["pwr_max"].to_numpy())
-        row_flags[short & (nvalid < self.min_epochs)] |= FLAG_TOO_SHORT
-        row_flags[short & (nvalid >= self.min_epochs)] |= FLAG_DEGENERATE
-        too_short_runs = short & (mode != "survey") & (nvalid >= self.min_epochs)
+        row_flags[short & (nvalid_all < self.min_epochs)] |= FLAG_TOO_SHORT
+        row_flags[short & (nvalid_all >= self.min_epochs)] |= FLAG_DEGENERATE
+        too_short_runs = short & (mode != "survey") & (nvalid >= self.min_epochs) & ~degenerate
         row_flags[too_short_runs] |= FLAG_TOO_SHORT
         out["period_flag"] = row_flags
         rows_tab = pd.DataFrame({
@@ -469,3 +478,15 @@ def _best_per_row(rows: np.ndarray, score: np.ndarray) -> np.ndarray:
     first = np.ones(order.size, dtype=bool)
     first[1:] = rows[order][1:] != rows[order][:-1]
     return order[first]
+
+
+def magnitude_levels(mag: np.ndarray, mask: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Number of distinct valid magnitudes per row of a padded batch (0 for an empty row)."""
+    m = np.sort(np.where(mask, mag, np.inf), axis=1)
+    if m.shape[1] == 0:
+        return np.zeros(m.shape[0], int)
+    with np.errstate(invalid="ignore"):  # inf - inf in the padding
+        d = np.diff(m, axis=1)
+    new = (d > tol) & np.isfinite(m[:, 1:])
+    return np.where(mask.any(axis=1), 1 + new.sum(axis=1), 0)
+
