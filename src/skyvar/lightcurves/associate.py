@@ -217,20 +217,9 @@ def catalog_mjd(path: Path) -> float:
 
 
 def _parquet_meta(path: Path) -> dict:
-    import pyarrow.parquet as pq
-    import yaml
+    from skyvar.io.catalog import catalog_meta
 
-    # astropy stores the table meta as YAML under this key of the Parquet schema metadata.
-    md = pq.read_schema(path).metadata or {}
-    raw = md.get(b"table_meta_yaml")
-    if raw is None:
-        return {}
-    from astropy.io.misc.yaml import load as yaml_load
-
-    try:
-        return dict((yaml_load(raw.decode()) or {}).get("meta", {}))
-    except Exception:
-        return dict((yaml.safe_load(raw.decode()) or {}).get("meta", {}))
+    return catalog_meta(path) or {}
 
 
 # ------------------------------------------------------------------------------------ matching

@@ -25,18 +25,16 @@ import os
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from skyvar.lightcurves.store import (
     STORE_COLUMNS,
     CleanReport,
-    Partition,
     StoreError,
     StoreHandle,
     clean_long,
     open_store,
-    partition_of,
+    partition_in_memory,
 )
 from skyvar.utils.log import get_logger
 
@@ -123,17 +121,8 @@ def _handle_from_frames(path: Path, kind: str, files: list[Path], frames: list[p
     """Hash-partition cleaned long tables in memory, as :func:`open_store` does for loose files."""
     if not frames:
         raise StoreError(f"{path}: none of {len(files)} light-curve files could be read; see the errors above")
-    df = pd.concat(frames, ignore_index=True)
-    n = n_partitions or max(1, int(np.ceil(len(df) / max(rows_per_partition, 1))))
-    part = partition_of(df["source_id"].to_numpy(), n)
-    fp_base = ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    parts = []
-    for k in range(n):
-        sub = df[part == k]
-        if len(sub):
-            parts.append(Partition(key=f"part={k:05d}", files=tuple(files), fingerprint=f"{fp_base}#{k}/{n}",
-                                   _frame=sub.reset_index(drop=True)[list(STORE_COLUMNS)]))
-    return StoreHandle(path, kind, parts, failures, report)
+    df = pd.concat(frames, ignore_index=True)[list(STORE_COLUMNS)]
+    return StoreHandle(path, kind, partition_in_memory(df, files, n_partitions, rows_per_partition), failures, report)
 
 
 def open_archives(path: str | os.PathLike, n_partitions: int | None = None, rows_per_partition: int = 2_000_000,

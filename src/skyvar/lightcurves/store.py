@@ -395,6 +395,13 @@ def open_store(path: str | os.PathLike, n_partitions: int | None = None, rows_pe
         if total.rejected:  # a curve emptied in one file may have good rows in another: not rejected
             have = set(zip(df["source_id"].astype(str), df["band"].astype(str)))
             total.rejected = [r for r in total.rejected if (str(r["source_id"]), r["band"]) not in have]
+    return StoreHandle(path, kind, partition_in_memory(df, files, n_partitions, rows_per_partition), failures, total)
+
+
+def partition_in_memory(df: pd.DataFrame, files: list[Path], n_partitions: int | None,
+                        rows_per_partition: int) -> list[Partition]:
+    """Hash-partition a cleaned long table by source (loose files read into memory); each partition's
+    fingerprint is the files' names, sizes and times plus its slot, so resume notices a changed file."""
     n = n_partitions or max(1, int(np.ceil(len(df) / max(rows_per_partition, 1))))
     part = partition_of(df["source_id"].to_numpy(), n)
     fp_base = ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
@@ -404,7 +411,7 @@ def open_store(path: str | os.PathLike, n_partitions: int | None = None, rows_pe
         if len(sub):
             parts.append(Partition(key=f"part={k:05d}", files=tuple(files), fingerprint=f"{fp_base}#{k}/{n}",
                                    _frame=sub.reset_index(drop=True)))
-    return StoreHandle(path, kind, parts, failures, total)
+    return parts
 
 
 def read_store(path: str | os.PathLike, **kwargs) -> pd.DataFrame:
