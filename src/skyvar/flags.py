@@ -96,6 +96,7 @@ class CandidateFlag(enum.IntFlag):
     PERIODIC_CNN = 8  #: Astronet p_periodic >= threshold
     FEW_POINTS = 16  #: fewer than ``candidates.min_points`` good epochs
     BLENDED = 32  #: at least half of the points flagged blended by the photometry
+    BLEND_ALIAS = 64  #: its periodic signal belongs to a neighbour with a larger flux amplitude (not periodic)
 
 
 class RVFlag(enum.IntFlag):

@@ -218,3 +218,46 @@ def test_period_grid_refuses_absurd_searches():
     with pytest.raises(ValueError, match="period_max"):
         period_grid(2000.0, ViewConfig())
     assert len(period_grid(60.0, ViewConfig(period_max=5.0))) < 50_000
+
+
+def test_vetting_views_separate_binaries_from_transits():
+    """Vetting channels: an eclipsing binary found at half its period (alternating 2 % / 0.5 % eclipses)
+    has a large odd-even difference; a binary with a secondary eclipse at phase 0.5 has a secondary
+    depth S/N; a clean transit has neither. Channels share the primary's scale."""
+    from skyvar.lightcurves.views import AUX_VETTING, LOCAL_CHANNELS, aux_names, vetting_statistics
+
+    rng = np.random.default_rng(5)
+    n_ep, sigma, P, dur = 900, 0.001, 0.5, 0.05
+    t = T0_MJD + (np.arange(n_ep) + 0.5) * CADENCE
+    ph = np.mod(t - T0_MJD - 0.1 + 0.5 * P, P) - 0.5 * P
+    k = np.floor((t - T0_MJD - 0.1 + 0.5 * P) / P)
+    ecl = np.abs(ph) < 0.5 * dur
+    ph2 = np.mod(t - T0_MJD - 0.1, P) - 0.5 * P
+    transit = 1 - 0.01 * ecl
+    odd_even = 1 - np.where(np.mod(k, 2) == 1, 0.02, 0.005) * ecl
+    secondary = 1 - 0.01 * ecl - 0.006 * (np.abs(ph2) < 0.5 * dur)
+    f = np.stack([transit, odd_even, secondary]) * (1 + rng.normal(0, sigma, (3, n_ep)))
+    m = 20 - 2.5 * np.log10(f)
+    b = LightCurveBatch(source_id=np.arange(3), band=np.full(3, "i"), time=np.tile(t, (3, 1)), mag=m,
+                        mag_err=np.full(m.shape, 1.0857 * sigma), mask=np.ones(m.shape, bool))
+    cfg = dataclasses.replace(FAST, vetting=True, period_max=1.2)
+    v = compute_views(b, cfg)
+    assert (v.flag == 0).all()
+    assert v.local_view.shape == (3, len(LOCAL_CHANNELS), cfg.local_bins)
+    assert v.aux.shape == (3, len(aux_names(cfg))) and aux_names(cfg)[-3:] == AUX_VETTING
+    sec, oe, nev = v.aux[:, 6], v.aux[:, 7], v.aux[:, 8]
+    # the BLS may lock on the binary's true period (then the other eclipse is a secondary) or on half of
+    # it (then odd and even events differ): one of the two statistics must fire, neither for the transit
+    assert abs(sec[0]) < 4 and oe[0] < 4, (sec, oe)
+    assert np.all(np.maximum(sec[1:], oe[1:]) > 20), (v.bls.period, sec, oe)
+    assert np.all(nev >= 3)
+    # the primary channel is the plain local view; the secondary channel of the binary dips, the transit's does not
+    np.testing.assert_allclose(v.local_view[:, 0], compute_views(b, dataclasses.replace(cfg, vetting=False)).local_view,
+                               atol=1e-6)
+    c = cfg.local_bins // 2
+    ch = 1 if sec[2] > oe[2] else 2  # the channel that differs from the primary
+    assert v.local_view[2, ch, c - 2 : c + 3].mean() < -0.2 and abs(v.local_view[0, 1, c - 2 : c + 3].mean()) < 0.15
+    # hand values: a box of known depth on odd events only
+    st = vetting_statistics(t, f[1:2], np.full((1, n_ep), 1 / sigma**2), np.array([P]), np.array([dur]),
+                            np.array([T0_MJD + 0.1]))
+    assert st["odd_even_sigma"][0] > 20 and st["n_events"][0] == len(np.unique(k[ecl]))

@@ -184,11 +184,17 @@ def _read_table(path: str | Path) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------- view cache
 def build_view_cache(store: str | Path, labels: pd.DataFrame, cfg: ViewConfig, out_dir: str | Path,
-                     progress: bool = True, mask_flags: int | None = None) -> Path:
+                     progress: bool = True, mask_flags: int | None = None, augment: dict | None = None) -> Path:
     """Compute views for every light curve of ``store`` that has a label; cache under ``out_dir``
     (resumable per chunk). With ``mask_flags`` only points whose store flag hits those bits are
-    dropped (the light-curve pipeline's policy); otherwise ``cfg.drop_flagged`` applies. Returns
-    ``out_dir``."""
+    dropped (the light-curve pipeline's policy); otherwise ``cfg.drop_flagged`` applies. With
+    ``augment`` (keys of :class:`skyvar.data.measured_lightcurves.AugmentConfig`) every chunk is
+    augmented first (seeded by the config's ``seed`` and the chunk number). Returns ``out_dir``."""
+    aug_cfg = None
+    if augment:
+        from skyvar.data.measured_lightcurves import AugmentConfig, augment_batch
+
+        aug_cfg = config_from_dotlist(AugmentConfig, base=dict(augment))
     out = Path(out_dir)
     done = out / "done.json"
     if done.exists():
@@ -209,6 +215,8 @@ def build_view_cache(store: str | Path, labels: pd.DataFrame, cfg: ViewConfig, o
         if mask_flags is not None and batch.flag is not None:
             batch.mask &= (batch.flag & int(mask_flags)) == 0
             batch.flag = None
+        if aug_cfg is not None:
+            batch = augment_batch(batch, aug_cfg, np.random.default_rng([aug_cfg.seed, i]))
         tc = time.perf_counter()
         v = compute_views(batch, cfg)
         tab = v.table()
@@ -265,7 +273,7 @@ class LightCurveViewsDataModule(L.LightningDataModule):
                  truth: str | None = None, match_radius_pix: float = 1.0, keep_unmatched: bool = True,
                  views: dict | None = None, splits: tuple[float, float, float] | list[float] = (0.7, 0.15, 0.15),
                  batch_size: int = 256, num_workers: int = 0, seed: int = 12345, mask_flags: int | None = None,
-                 progress: bool = True):
+                 progress: bool = True, augment: dict | None = None):
         super().__init__()
         self.data_dir = Path(data_dir)
         self.source = source
@@ -279,6 +287,7 @@ class LightCurveViewsDataModule(L.LightningDataModule):
             raise ValueError(f"splits must be three non-negative fractions (train, val, test), got {splits}")
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.progress = progress
+        self.augment = dict(augment) if augment else None
         self.table: pd.DataFrame | None = None
         self._arrays: dict | None = None
 
@@ -302,6 +311,8 @@ class LightCurveViewsDataModule(L.LightningDataModule):
         vc = dataclasses.asdict(self.view_cfg)
         for k in ("device", "chunk_size", "bls_chunk", "num_threads"):  # execution settings do not change the views
             vc.pop(k, None)
+        if self.augment:
+            return self.source_dir / f"views-{stable_hash({'views': vc, 'augment': self.augment})}"
         return self.source_dir / f"views-{stable_hash(vc)}"
 
     def _labels_and_store(self) -> tuple[pd.DataFrame, Path]:
@@ -330,7 +341,7 @@ class LightCurveViewsDataModule(L.LightningDataModule):
         self.source_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.cache_dir / "view_config.json", dataclasses.asdict(self.view_cfg))
         build_view_cache(store, lab, self.view_cfg, self.cache_dir, progress=self.progress,
-                         mask_flags=self.mask_flags if self.source == "store" else None)
+                         mask_flags=self.mask_flags if self.source == "store" else None, augment=self.augment)
 
     # ---------------------------------------------------------------- setup / splits
     def load(self) -> pd.DataFrame:

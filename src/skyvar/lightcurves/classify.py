@@ -11,6 +11,14 @@ views with the settings stored in the checkpoint (:mod:`skyvar.lightcurves.views
 - ``<name>_periodic``: ``p_periodic >= threshold``;
 - ``<name>_class``: arg-max of the multi-class head (constant / eb / transit / pulsator / flare),
   ``no_period`` behind the BLS gate, ``unusable`` for unusable light curves;
+- ``p_periodic_adjusted`` (``finalize``, with ``prior_adjust``): ``p_periodic`` adapted to the
+  population's own periodic fraction (the network is trained at a balanced prior); the field
+  pipeline's periodic decision uses it.
+
+**BLS gate** (``bls_gate``): a pre-filter, not part of the paper. Light curves whose best BLS box has
+a depth S/N below it get no views and ``p_periodic = 0`` without the network seeing them. ``null``
+uses the value the checkpoint was trained with (``views.min_depth_snr`` in the file); ``0`` turns the
+gate off (every usable curve reaches the network); ``docs/results/astronet.md`` measures both.
 - ``<name>_flag`` (:data:`~skyvar.lightcurves.views.FLAG_NAMES` bits) and the BLS numbers
   ``<name>_period, _duration, _t0, _depth, _depth_snr, _sde`` (``<name>`` = ``astronet``).
 
@@ -88,7 +96,7 @@ class AstronetStage:
     def __init__(self, checkpoint: str = DEFAULT_CHECKPOINT, device: str = "auto", threshold: float | None = None,
                  batch_size: int = 4096, views: dict | None = None, name: str = "astronet", n_examples: int = 12,
                  plots: bool = True, prior_adjust: bool = True, chunk_curves: int = 5000,
-                 max_baseline: float | None = 10.0):
+                 max_baseline: float | None = 10.0, bls_gate: float | None = None):
         self.checkpoint = checkpoint
         self.device = device
         self.threshold = threshold
@@ -100,6 +108,7 @@ class AstronetStage:
         self.prior_adjust = prior_adjust
         self.chunk_curves = int(chunk_curves)
         self.max_baseline = max_baseline
+        self.bls_gate = bls_gate
         self._predictor = None
         self._examples: list[dict] = []
 
@@ -118,6 +127,8 @@ class AstronetStage:
         from skyvar.utils.config import config_from_dotlist
 
         base = {**self.predictor.views, **self.view_overrides}
+        if self.bls_gate is not None:
+            base["min_depth_snr"] = float(self.bls_gate)
         base["device"] = str(self.predictor.device)
         return config_from_dotlist(ViewConfig, base=base)
 
@@ -230,7 +241,7 @@ class AstronetStage:
                 ax[0].plot(e["global"], lw=0.8)
                 ax[0].set_ylabel(f"{e['source_id']}", fontsize=6)
                 ax[0].set_title(f"p={e['p']:.3f}  P={e['period']:.4f} d", fontsize=7)
-                ax[1].plot(e["local"], lw=0.8)
+                ax[1].plot(np.atleast_2d(e["local"]).T, lw=0.8)  # vetting views: one line per channel
             axes[-1][0].set_xlabel("global view bin")
             axes[-1][1].set_xlabel("local view bin")
             fig.tight_layout()

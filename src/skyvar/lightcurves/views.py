@@ -71,6 +71,11 @@ FLAG_NAMES = {FLAG_TOO_FEW_POINTS: "too_few_points", FLAG_NO_PERIOD: "no_signifi
               FLAG_BAD_VIEW: "bad_view", FLAG_OUT_OF_RANGE: "out_of_range"}
 
 AUX_FEATURES = ("period", "duration", "depth", "mag", "depth_snr", "sde")
+#: Extra auxiliary features with ``ViewConfig.vetting`` (centroid-free vetting statistics, see
+#: :func:`vetting_statistics`).
+AUX_VETTING = ("depth_secondary_snr", "odd_even_sigma", "n_events")
+#: Local-view channels with ``ViewConfig.vetting``.
+LOCAL_CHANNELS = ("primary", "secondary", "odd", "even")
 #: Auxiliary features standardised on a log10 scale (positive scale quantities).
 LOG_FEATURES = ("period", "duration", "depth", "depth_snr", "sde")
 
@@ -109,6 +114,10 @@ class ViewConfig:
     local_num_durations: float = 3.0
     local_bin_width_factor: float = 0.16
     min_filled_fraction: float = 0.5
+    # vetting (eclipsing-binary / blend discriminants, no centroids): the local view gains channels at
+    # the secondary eclipse (phase 0.5) and of odd and even events (all on the primary's scale), and
+    # the auxiliary features gain AUX_VETTING
+    vetting: bool = False
     # execution
     device: str = "cpu"
     chunk_size: int = 2048  # light curves per view-building step
@@ -161,7 +170,7 @@ class Views:
 
     source_id: np.ndarray
     global_view: np.ndarray  # (n, global_bins) float32, NaN when flagged
-    local_view: np.ndarray  # (n, local_bins) float32, NaN when flagged
+    local_view: np.ndarray  # (n, local_bins) float32 (vetting: (n, 4, local_bins)), NaN when flagged
     aux: np.ndarray  # (n, len(AUX_FEATURES)) raw auxiliary features
     flag: np.ndarray  # (n,) int32 bit mask (FLAG_*)
     bls: BLSResult
@@ -503,6 +512,52 @@ def box_statistics(t: np.ndarray, y: np.ndarray, ivar: np.ndarray, period: np.nd
     return {"depth": depth, "depth_snr": snr, "power": 0.5 * snr**2, "n_in": inb.sum(1).astype(np.int64)}
 
 
+def aux_names(cfg: ViewConfig) -> tuple[str, ...]:
+    """Names of the auxiliary-feature columns :func:`compute_views` returns for ``cfg``."""
+    return AUX_FEATURES + (AUX_VETTING if cfg.vetting else ())
+
+
+def vetting_statistics(t: np.ndarray, y: np.ndarray, ivar: np.ndarray, period: np.ndarray, duration: np.ndarray,
+                       t0: np.ndarray) -> dict[str, np.ndarray]:
+    """Centroid-free vetting statistics of the best box, per row (``y`` relative flux (n, K) on times
+    ``t`` (K,), weights ``ivar``; NaN where undefined):
+
+    - ``depth_secondary_snr``: depth S/N of the same box at phase 0.5 (an eclipsing binary's secondary
+      eclipse; a transit has none);
+    - ``odd_even_sigma``: |depth(odd events) − depth(even events)| / its error (an eclipsing binary
+      found at half its period alternates deep and shallow eclipses);
+    - ``n_events``: number of events with at least one in-box measurement.
+    """
+    t = np.asarray(t, float)
+    w = np.where(np.isfinite(y), ivar, 0.0)
+    yv = np.where(w > 0, y, 0.0)
+    P, D, T0 = (np.asarray(a, float)[:, None] for a in (period, duration, t0))
+    u = t[None, :] - T0 + 0.5 * P
+    k = np.floor(u / P)
+    x = u - k * P - 0.5 * P
+    inb = (np.abs(x) < 0.5 * D) & (w > 0)
+    ins = (np.abs(np.mod(x, P) - 0.5 * P) < 0.5 * D) & (w > 0) & ~inb  # the box at phase 0.5
+    out = ~inb & ~ins & (w > 0)
+    Wo = (w * out).sum(1)
+    mo = (w * yv * out).sum(1)
+    odd = np.mod(k, 2) == 1
+    res = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        Ws = (w * ins).sum(1)
+        res["depth_secondary_snr"] = (mo / Wo - (w * yv * ins).sum(1) / Ws) / np.sqrt(1.0 / Ws + 1.0 / Wo)
+        d, var = [], []
+        for sel in (odd, ~odd):
+            m = inb & sel
+            Wi = (w * m).sum(1)
+            d.append(mo / Wo - (w * yv * m).sum(1) / Wi)
+            var.append(1.0 / Wi + 1.0 / Wo)
+        res["odd_even_sigma"] = np.abs(d[0] - d[1]) / np.sqrt(var[0] + var[1])
+    kk = np.where(inb, k, np.nan)
+    srt = np.sort(kk, axis=1)
+    res["n_events"] = (np.isfinite(srt[:, :1]).sum(1) + (np.diff(srt, axis=1) > 0).sum(1)).astype(float)
+    return res
+
+
 def _bls_astropy(t, y, ivar, periods, cfg, keep):
     """The peer: astropy ``BoxLeastSquares`` per light curve on the same period grid, durations grouped
     so that each call's durations stay shorter than its periods (astropy's requirement)."""
@@ -577,9 +632,12 @@ def binned_median(x: torch.Tensor, v: torch.Tensor, lo: torch.Tensor, spacing: t
     return med, counts
 
 
-def _fill_and_normalise(view: torch.Tensor, min_filled: float, circular: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _fill_and_normalise(view: torch.Tensor, min_filled: float, circular: bool,
+                        ref: tuple[np.ndarray, np.ndarray] | None = None):
     """Interpolate empty bins linearly (circularly for the global view), subtract the median and
-    divide by the largest absolute excursion. Returns (view, ok)."""
+    divide by the largest absolute excursion. Returns (view, ok, (median, scale)). With ``ref`` =
+    (median, scale) of another view, that view's level and scale are used (relative depths survive)
+    and empty views become 0 instead of failing."""
     n, B = view.shape
     v = view.cpu().numpy().astype(np.float64)
     good = np.isfinite(v)
@@ -597,13 +655,19 @@ def _fill_and_normalise(view: torch.Tensor, min_filled: float, circular: bool) -
         idx = np.arange(B)[None, :]
         f = np.where(idx < first[:, None], v[r, first[:, None]], f)
         f = np.where(idx > last[:, None], v[r, last[:, None]], f)
+    if ref is not None:
+        med, scale = ref
+        good_ref = np.isfinite(scale) & (scale > 0) & np.isfinite(med)
+        out = (f - med[:, None]) / np.where(good_ref, scale, 1.0)[:, None]
+        out = np.where(np.isfinite(out) & good_ref[:, None], out, 0.0)
+        return torch.as_tensor(out, dtype=torch.float32), torch.as_tensor(good_ref), ref
     med = _row_nanmedian(f)
     d = f - med[:, None]
     with np.errstate(invalid="ignore"):
         scale = np.nanmax(np.abs(d), axis=1) if B else np.zeros(n)
     ok &= np.isfinite(scale) & (scale > 0)
     out = np.where(ok[:, None], d / np.where(ok, scale, 1.0)[:, None], np.nan)
-    return torch.as_tensor(out, dtype=torch.float32), torch.as_tensor(ok)
+    return torch.as_tensor(out, dtype=torch.float32), torch.as_tensor(ok), (med, scale)
 
 
 def make_views(time: np.ndarray, flux: np.ndarray, period: np.ndarray, t0: np.ndarray, duration: np.ndarray,
@@ -613,7 +677,7 @@ def make_views(time: np.ndarray, flux: np.ndarray, period: np.ndarray, t0: np.nd
     n = flux.shape[0]
     G, Lb = cfg.global_bins, cfg.local_bins
     gv = np.full((n, G), np.nan, np.float32)
-    lv = np.full((n, Lb), np.nan, np.float32)
+    lv = np.full((n, len(LOCAL_CHANNELS), Lb) if cfg.vetting else (n, Lb), np.nan, np.float32)
     okall = np.zeros(n, bool)
     rows = np.flatnonzero(np.isfinite(period) & np.isfinite(t0) & np.isfinite(duration) & (period > 0)
                           & (duration > 0))
@@ -629,9 +693,20 @@ def make_views(time: np.ndarray, flux: np.ndarray, period: np.ndarray, t0: np.nd
         g, _ = binned_median(x, v, -0.5 * P, P / G, cfg.global_bin_width_factor * P, G)
         half = torch.minimum(cfg.local_num_durations * D, 0.5 * P)
         loc, _ = binned_median(x, v, -half, 2 * half / Lb, cfg.local_bin_width_factor * D, Lb)
-        g, okg = _fill_and_normalise(g, cfg.min_filled_fraction, circular=True)
-        loc, okl = _fill_and_normalise(loc, cfg.min_filled_fraction, circular=False)
-        gv[r], lv[r] = g.numpy(), loc.numpy()
+        g, okg, _ = _fill_and_normalise(g, cfg.min_filled_fraction, circular=True)
+        loc, okl, ref = _fill_and_normalise(loc, cfg.min_filled_fraction, circular=False)
+        gv[r] = g.numpy()
+        if cfg.vetting:
+            xs = torch.remainder(tt - T0[:, None], P[:, None]) - 0.5 * P[:, None]  # secondary at 0
+            ev = torch.floor((tt - T0[:, None] + 0.5 * P[:, None]) / P[:, None])
+            odd = torch.remainder(ev, 2) == 1
+            chans = [loc]
+            for xx, vv in ((xs, v), (x, torch.where(odd, v, torch.nan)), (x, torch.where(~odd, v, torch.nan))):
+                c, _ = binned_median(xx, vv, -half, 2 * half / Lb, cfg.local_bin_width_factor * D, Lb)
+                chans.append(_fill_and_normalise(c, 0.0, circular=False, ref=ref)[0])
+            lv[r] = torch.stack(chans, 1).numpy()
+        else:
+            lv[r] = loc.numpy()
         okall[r] = (okg & okl).numpy()
     return gv, lv, okall
 
@@ -663,7 +738,8 @@ def compute_views(batch: LightCurveBatch, cfg: ViewConfig | None = None, keep_pe
             sig &= ~(bls.sde < cfg.min_sde) & ~(bls.depth_snr < cfg.min_depth_snr)
         flag |= np.where(enough & ~sig, FLAG_NO_PERIOD, 0).astype(np.int32)
         gv = np.full((n, cfg.global_bins), np.nan, np.float32)
-        lv = np.full((n, cfg.local_bins), np.nan, np.float32)
+        lv = np.full((n, len(LOCAL_CHANNELS), cfg.local_bins) if cfg.vetting else (n, cfg.local_bins), np.nan,
+                     np.float32)
         todo = np.flatnonzero(flag == 0)
         if len(todo):
             gg, ll, ok = make_views(g.time, g.filled[todo], bls.period[todo], bls.t0[todo], bls.duration[todo], cfg)
@@ -672,7 +748,17 @@ def compute_views(batch: LightCurveBatch, cfg: ViewConfig | None = None, keep_pe
         bad = flag != 0
         gv[bad] = np.nan
         lv[bad] = np.nan
-    aux = np.stack([bls.period, bls.duration, bls.depth, g.mag, bls.depth_snr, bls.sde], axis=1)
+    cols = [bls.period, bls.duration, bls.depth, g.mag, bls.depth_snr, bls.sde]
+    if cfg.vetting:
+        vet = {k: np.full(n, np.nan) for k in AUX_VETTING}
+        has = np.flatnonzero(np.isfinite(bls.period) & np.isfinite(bls.duration) & np.isfinite(bls.t0))
+        for c0 in range(0, len(has), cfg.chunk_size):
+            r = has[c0 : c0 + cfg.chunk_size]
+            st = vetting_statistics(g.time, g.flux[r], g.ivar[r], bls.period[r], bls.duration[r], bls.t0[r])
+            for k in AUX_VETTING:
+                vet[k][r] = st[k]
+        cols += [vet[k] for k in AUX_VETTING]
+    aux = np.stack(cols, axis=1)
     return Views(source_id=np.asarray(batch.source_id), global_view=gv, local_view=lv, aux=aux, flag=flag,
                  bls=bls, n_points=g.n_points.astype(np.int64), n_clipped=g.n_clipped.astype(np.int64))
 

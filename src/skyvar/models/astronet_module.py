@@ -101,6 +101,11 @@ class AstronetModule(L.LightningModule):
             return
         if hasattr(dm, "view_cfg"):  # the complete view settings, not only the overrides, go with the weights
             self.hparams.views = dataclasses.asdict(dm.view_cfg)
+            from skyvar.lightcurves.views import aux_names
+
+            if tuple(aux_names(dm.view_cfg)) != tuple(self.aux.names):
+                raise ValueError(f"model.aux_features {list(self.aux.names)} do not match the data's views "
+                                 f"{list(aux_names(dm.view_cfg))} (views.vetting adds {list(aux_names(dm.view_cfg))[6:]})")
         if not bool(self.aux.fitted):
             self.aux.fit(dm.train_aux())
         if stage in (None, "fit"):
@@ -218,7 +223,7 @@ class AstronetPredictor:
         """p_periodic (n,) and, with a class head, class_proba (n, C) for finite views; rows with
         non-finite views get NaN."""
         n = len(global_view)
-        ok = np.isfinite(global_view).all(1) & np.isfinite(local_view).all(1)
+        ok = np.isfinite(global_view).all(1) & np.isfinite(local_view.reshape(n, -1)).all(1)
         p = np.full(n, np.nan)
         cp = np.full((n, len(self.classes)), np.nan) if self.module.n_classes and self.classes else None
         idx = np.flatnonzero(ok)

@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skyvar.pipeline.candidates import CANDIDATE_FLAGS, blended_fraction, build_candidates
+from skyvar.pipeline.candidates import BLEND_DEFAULTS, CANDIDATE_FLAGS, blended_fraction, build_candidates
 from skyvar.pipeline.components import (
     ComponentMissing,
     files_fingerprint,
@@ -86,7 +86,7 @@ log = get_logger(__name__)
 __all__ = ["FieldPipeline", "STAGES", "CANDIDATE_FLAGS"]
 
 #: Bumped when a stage's code changes what it writes, so earlier outputs are not reused.
-STAGE_VERSIONS = {"eval_classification": 2, "photometry": 2}
+STAGE_VERSIONS = {"eval_classification": 3, "candidates": 2, "photometry": 2}
 STAGES = ("simulate", "reference", "photometry", "eval_detection", "associate", "features", "candidates",
           "eval_lightcurves", "eval_classification")
 
@@ -127,7 +127,8 @@ class FieldPipeline:
         self.dask_cfg = DaskConfig.from_any(dask)
         self.client = None
         self.lc_cfg = dict(plain(lightcurves) or {})
-        self.cand_cfg = _merge("candidates", {"min_points": 50, "p_periodic_threshold": None, "n_plot": 12}, candidates)
+        self.cand_cfg = _merge("candidates", {"min_points": 50, "p_periodic_threshold": None, "n_plot": 12,
+                                              "score": "adjusted", "blends": dict(BLEND_DEFAULTS)}, candidates)
         self.eval_cfg = _merge("evaluate", {"detection_frames": 10, "match_radii": [0.1, 1.0], "target_mag_max": 25.0,
                                             "lc_match_radius": 1.0, "oracle": True}, evaluate)
         # values for header keys a frame lacks (read_frame's exptime/zp/rdnoise/gain; the config's frame.*)
@@ -429,10 +430,12 @@ class FieldPipeline:
         feats = read_features(self.out_dir / "features")
         sources = pd.read_parquet(self.out_dir / "associate" / "sources.parquet")
         blend = blended_fraction(self.out_dir / "associate" / "store")
-        cand = build_candidates(feats, sources, blend, thr, int(self.cand_cfg["min_points"]))
+        cand = build_candidates(feats, sources, blend, thr, int(self.cand_cfg["min_points"]),
+                                score=str(self.cand_cfg["score"]), blends=plain(self.cand_cfg["blends"]))
         t = Table.from_pandas(cand)
         t.meta.update(description="skyvar field pipeline candidates: one row per source and band",
                       flags=dict(CANDIDATE_FLAGS), p_periodic_threshold=thr,
+                      p_periodic_score=f"p_periodic_final ({self.cand_cfg['score']} probability, blend-attributed)",
                       detector=self.summary.get("detector"), photometry=self.summary.get("photometry"),
                       missing_components=[s["stage"] for s in self.skipped])
         write_table_atomic(t, self.out_dir / "candidates.ecsv")
@@ -494,15 +497,24 @@ class FieldPipeline:
         if match is None:
             match = tr.match_sources(pd.read_parquet(self.out_dir / "associate" / "sources.parquet"),
                                      float(self.eval_cfg["lc_match_radius"]))
-        if "p_periodic" in cand and np.isfinite(cand["p_periodic"].to_numpy(float)).any():
+        if "p_periodic_final" in cand and np.isfinite(cand["p_periodic_final"].to_numpy(float)).any():
+            score, t = "p_periodic_final", thr
+        elif "p_periodic" in cand and np.isfinite(cand["p_periodic"].to_numpy(float)).any():
             score, t = "p_periodic", thr
         else:
             # no classifier: the periodogram's candidate flag stands in
             cand["periodic_ls"] = ((cand["flags"] & CANDIDATE_FLAGS["periodic_ls"]) > 0).astype(float)
             score, t = "periodic_ls", 0.5
+        snr_total = tr.lightcurve_snr_total(noise_params(tr))
         rep = classification_report(cand, match, tr, score=score, threshold=t,
-                                    target_mag_max=float(self.eval_cfg["target_mag_max"]),
-                                    snr_total=tr.lightcurve_snr_total(noise_params(tr)))
+                                    target_mag_max=float(self.eval_cfg["target_mag_max"]), snr_total=snr_total)
+        # the same run scored without the prior adjustment and the blend attribution, for comparison
+        rep["alternatives"] = {}
+        for alt in ("p_periodic", "p_periodic_adjusted"):
+            if alt != score and alt in cand and np.isfinite(cand[alt].to_numpy(float)).any():
+                r = classification_report(cand, match, tr, score=alt, threshold=t,
+                                          target_mag_max=float(self.eval_cfg["target_mag_max"]), snr_total=snr_total)
+                rep["alternatives"][alt] = {"pipeline": r["pipeline"], "recall_snr_ge7": r.get("recall_snr_ge7")}
         write_json_atomic(d / "metrics.json", rep)
         if self.plots:
             plot_confusion({self.summary.get("name", "pipeline"): rep}, d / "confusion.png")

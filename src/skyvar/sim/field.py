@@ -383,7 +383,7 @@ class FieldSimulation:
         t.meta.update(
             description="skyvar CSST-like dense field truth; x, y 0-indexed pixel centres; flux = electrons "
             "drawn (stamp sum) at the reference (quiescent) level; mag = ZP - 2.5 log10(flux/EXPTIME)",
-            zp=cfg.zp, exptime=cfg.exptime, seed=cfg.seed, shape=list(cfg.shape), config_hash=stable_hash(cfg),
+            zp=cfg.zp, exptime=cfg.exptime, seed=cfg.seed, shape=list(cfg.shape), config_hash=sim_hash(cfg),
         )
         return t
 
@@ -445,7 +445,7 @@ class FieldSimulation:
         h["POINTDX"] = (float(dx), "[pix] pointing offset x")
         h["POINTDY"] = (float(dy), "[pix] pointing offset y")
         h["SIMSEED"] = (cfg.seed, "skyvar.sim.field seed")
-        h["SIMHASH"] = (stable_hash(cfg), "skyvar.sim.field config hash")
+        h["SIMHASH"] = (sim_hash(cfg), "skyvar.sim.field config hash")
         h["ORIGIN"] = "skyvar.sim.field"
         return h
 
@@ -508,6 +508,12 @@ def _write_truth_lightcurves(sim: FieldSimulation, path: Path, which: str) -> No
         writer.close()
 
 
+def sim_hash(cfg: FieldSimConfig) -> str:
+    """Content hash of what a config simulates: where it is written (``out_dir``) and ``overwrite`` do
+    not change the data, so a moved or shared series is still recognised as complete."""
+    return stable_hash(dataclasses.replace(cfg, out_dir="", overwrite=False))
+
+
 def _frame_done(path: Path, h: str, overwrite: bool) -> bool:
     if path.exists() and not overwrite:
         try:
@@ -544,7 +550,7 @@ def simulate_field_to_disk(cfg: FieldSimConfig, progress: bool = True, client=No
     """
     out = Path(cfg.out_dir)
     (out / "frames").mkdir(parents=True, exist_ok=True)
-    h = stable_hash(cfg)
+    h = sim_hash(cfg)
     t0 = time.perf_counter()
     sim = FieldSimulation(cfg)
     log.info("field %dx%d seed %d: %d stars (%d in frame), %d variables, built in %.1f s", *cfg.shape[::-1], cfg.seed,
