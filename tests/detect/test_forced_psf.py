@@ -166,3 +166,58 @@ def test_stack_frames_median_and_noise():
                             rdnoise=10.0, zp=25.0, mjd=0.0, filter="i", wcs=None))
     st = stack_frames(frames)
     assert st.data.std() < 0.75 * 10 and st.rdnoise == pytest.approx(10 * 1.2533 / np.sqrt(5))
+
+
+def test_region_engines_equal_the_whole_frame_engine():
+    """A frame cut into 2 x 2 regions (each engine: its tiles + one ring, its section's pixels only) gives
+    the whole-frame engine's fluxes, errors, chi2, backgrounds and blend flags bit for bit, seams included."""
+    from skyvar.detect.forced_psf import forced_regions
+
+    psf = _gaussian_psf()
+    shape, tile, overlap = (150, 140), 48, 16
+    rng = np.random.default_rng(11)
+    pos = rng.uniform(-2, [141, 151], (220, 2))
+    regions = forced_regions(shape, tile, overlap, region_px=75)
+    assert len(regions) == 4
+    # stars on and around the region cores' boundaries (and a blended pair across one), bright ones included
+    cy, cx = regions[0].core[1], regions[0].core[3]
+    seam = np.array([[cx, 40.0], [cx - 0.5, 60.2], [cx + 0.49, 61.0], [cx + 1.2, 61.5], [70.3, cy], [90.0, cy - 0.51],
+                     [cx, cy], [cx - 3.0, cy + 2.0], [20.0, cy + 6.0], [cx + 9.0, 100.0]])
+    pos = np.vstack([pos, seam])
+    flux = 10 ** rng.uniform(2.5, 4.5, len(pos))
+    flux[-10:] = [3e5, 2e4, 1e4, 8e3, 2e5, 5e3, 1e6, 4e4, 2e3, 9e4]
+    data, _ = _frame(psf, pos, flux, shape=shape, seed=7)
+    bad = np.zeros(shape, bool)
+    bad[70:80, 60:75] = True  # a bad patch across both seams
+    sat = np.zeros(shape, bool)
+    sat[int(cy) - 1 : int(cy) + 2, int(cx) - 1 : int(cx) + 2] = True  # saturated core on the corner
+    kw = dict(flux_ref=flux, sky_sigma=11.0, tile=tile, overlap=overlap, blend_radius=2.0)
+
+    def run(eng, img, b, s):
+        eng._sticky |= s
+        eng.init_weights(img, eng._sticky | b, read_var=49.0)
+        eng._sticky = s.copy()
+        return [eng.fit(img2, bad=b2, read_var=49.0, saturated=s2) for img2, b2, s2 in
+                ((img, b, s), (img * 1.01 + 3.0, b, s))]  # the series frame, then another epoch
+
+    whole = ForcedPSFPhotometry(psf, shape, pos[:, 0], pos[:, 1], **kw)
+    ref = run(whole, data, bad, sat)
+    seen = np.zeros(len(pos), int)
+    for r in regions:
+        sel = r.stars(pos[:, 0], pos[:, 1], margin=10)
+        y0, y1, x0, x1 = r.section
+        eng = ForcedPSFPhotometry(psf, shape, pos[sel, 0], pos[sel, 1], region=r, **{**kw, "flux_ref": flux[sel]})
+        assert eng.shape == (y1 - y0, x1 - x0) and eng.shape != shape
+        cut = (slice(y0, y1), slice(x0, x1))
+        got = run(eng, data[cut], bad[cut], sat[cut])
+        own = eng.owned
+        idx = sel[own]
+        seen[idx] += 1
+        assert all(d is not None for d, o in zip(eng._designs, eng._own) if o)
+        assert sum(d is not None for d in eng._designs) == sum(eng._own)  # the ring was released
+        for g, w in zip(got, ref):
+            for k in ("flux", "flux_err", "chi2", "background", "ok"):
+                assert np.array_equal(g[k][own], w[k][idx], equal_nan=k != "ok"), (r.index, k)
+        assert np.array_equal(eng.blended[own], whole.blended[idx])
+    assert np.all(seen == 1)  # every star measured by exactly one region
+    assert np.isfinite(ref[0]["flux"]).mean() > 0.9

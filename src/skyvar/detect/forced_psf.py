@@ -46,6 +46,7 @@ within ``blend_radius`` px.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections import OrderedDict
@@ -57,7 +58,7 @@ from astropy.table import Table
 from scipy.sparse.linalg import splu
 
 from skyvar.detect.base import FLAG_BLENDED, FLAG_FIT_FAILED, Detector
-from skyvar.detect.tiling import iter_tiles
+from skyvar.detect.tiling import Tile, _axis_tiles
 from skyvar.io.fits import MASK_BAD, MASK_SATURATED, Frame
 from skyvar.utils.log import get_logger
 
@@ -158,6 +159,80 @@ class _TileSystem:
             return (self.S_T @ r2) / self.S_norm
 
 
+@dataclasses.dataclass(frozen=True)
+class ForcedRegion:
+    """A rectangular block of the forced-photometry tiles of a frame, measured by an engine of its own.
+
+    The engine's tiles are independent systems, except that a tile's weights over its overlaps come from
+    the uniform fits of its neighbours (:meth:`ForcedPSFPhotometry.init_weights` places each tile's model
+    in its core). A region engine therefore builds its ``own`` tiles plus the ``active`` ring of
+    neighbours whose cores reach into them, reads the pixels of ``section`` only, and measures the stars
+    in its ``core`` (the union of its own tiles' cores; the cores of the regions partition the plane):
+    the whole-frame engine's results for those stars, bit for bit. Tile indices are half-open ranges
+    ``(iy0, iy1, ix0, ix1)`` of the frame's tile grid; ``core`` is in frame pixel coordinates (half-open,
+    ±inf at the frame's edges); ``section`` is ``(y0, y1, x0, x1)`` in pixels.
+    """
+
+    index: int
+    frame_shape: tuple[int, int]
+    grid: tuple[int, int]  # (tile, overlap) of the engine
+    own: tuple[int, int, int, int]
+    active: tuple[int, int, int, int]
+    core: tuple[float, float, float, float]
+    section: tuple[int, int, int, int]
+
+    def in_core(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        cy0, cy1, cx0, cx1 = self.core
+        return (x >= cx0) & (x < cx1) & (y >= cy0) & (y < cy1)
+
+    @property
+    def pixel_core(self) -> tuple[int, int, int, int]:
+        """The pixels of the core (``y0, y1, x0, x1``): the regions' pixel cores partition the frame."""
+        cy0, cy1, cx0, cx1 = self.core
+        ny, nx = self.frame_shape
+        return (_pix(cy0, 0, ny), _pix(cy1, 0, ny), _pix(cx0, 0, nx), _pix(cx1, 0, nx))
+
+    def stars(self, x: np.ndarray, y: np.ndarray, margin: float) -> np.ndarray:
+        """Indices of the stars whose stamps (radius <= ``margin``) can reach the section's pixels."""
+        y0, y1, x0, x1 = self.section
+        return np.flatnonzero((x + margin >= x0 - 0.5) & (x - margin <= x1 - 0.5) &
+                              (y + margin >= y0 - 0.5) & (y - margin <= y1 - 0.5))
+
+
+def _pix(c: float, lo: int, hi: int) -> int:
+    """First pixel index >= the core boundary ``c`` (pixel centres at integers), clipped to [lo, hi]."""
+    return int(min(max(np.ceil(c), lo), hi)) if np.isfinite(c) else (lo if c < 0 else hi)
+
+
+def forced_regions(shape: tuple[int, int], tile: int = 256, overlap: int = 32,
+                   region_px: int | None = 2048) -> list[ForcedRegion]:
+    """Cut a frame's forced-photometry tile grid into ``ceil(n / region_px)`` regions per axis (groups
+    of whole tiles, as equal as can be); one region (the whole frame) when ``region_px`` is None or
+    the frame fits in it."""
+    ny, nx = (int(s) for s in shape)
+    axes = [_axis_tiles(n, tile, overlap) for n in (ny, nx)]
+
+    def groups(axis, n):
+        k = 1 if not region_px else min(len(axis), max(1, int(np.ceil(n / int(region_px)))))
+        return [(int(g[0]), int(g[-1]) + 1) for g in np.array_split(np.arange(len(axis)), k)]
+
+    def ring(axis, n, a, b):
+        # the tiles whose core holds a pixel of the own tiles' extent [e0, e1)
+        e0, e1 = axis[a][0], axis[b - 1][1]
+        hit = [i for i, (_, _, c0, c1) in enumerate(axis) if _pix(c0, 0, n) < e1 and _pix(c1, 0, n) > e0]
+        return min(hit), max(hit) + 1
+
+    out = []
+    for gy in groups(axes[0], ny):
+        for gx in groups(axes[1], nx):
+            ry, rx = ring(axes[0], ny, *gy), ring(axes[1], nx, *gx)
+            core = (axes[0][gy[0]][2], axes[0][gy[1] - 1][3], axes[1][gx[0]][2], axes[1][gx[1] - 1][3])
+            section = (axes[0][ry[0]][0], axes[0][ry[1] - 1][1], axes[1][rx[0]][0], axes[1][rx[1] - 1][1])
+            out.append(ForcedRegion(len(out), (ny, nx), (int(tile), int(overlap)), (*gy, *gx), (*ry, *rx),
+                                    tuple(float(c) for c in core), tuple(int(v) for v in section)))
+    return out
+
+
 class ForcedPSFPhotometry:
     """Forced PSF photometry of fixed positions on frames of one geometry (see the module docstring).
 
@@ -169,9 +244,10 @@ class ForcedPSFPhotometry:
     def __init__(self, psf, shape: tuple[int, int], x: np.ndarray, y: np.ndarray, flux_ref: np.ndarray | None = None,
                  sky_sigma: float = 10.0, radius_min: int = 3, radius_max: int = 10, wing_tolerance: float = 0.5,
                  bkg_box: int = 32, tile: int = 256, overlap: int = 32, ridge: float = 1e-10,
-                 max_neighbours: int = 24, blend_radius: float = 2.0, cache_size: int = 4):
+                 max_neighbours: int = 24, blend_radius: float = 2.0, cache_size: int = 4,
+                 region: ForcedRegion | None = None):
         self.psf = psf
-        self.shape = tuple(int(s) for s in shape)
+        self.frame_shape = tuple(int(s) for s in shape)
         self.x = np.asarray(x, float)
         self.y = np.asarray(y, float)
         n = len(self.x)
@@ -180,16 +256,46 @@ class ForcedPSFPhotometry:
         self.bkg_box = int(bkg_box)
         self.ridge = float(ridge)
         self.max_neighbours = int(max_neighbours)
-        self.tiles = list(iter_tiles(self.shape, tile, overlap))
+        ay = _axis_tiles(self.frame_shape[0], tile, overlap)
+        ax = _axis_tiles(self.frame_shape[1], tile, overlap)
+        # the tiles of the frame (whole-frame engine), or of a region: its own tiles, whose stars it
+        # measures, and the ring of neighbours whose uniform fits set the weights of its overlaps
+        self.region = region
+        if region is None:
+            act = own = (0, len(ay), 0, len(ax))
+            self.origin = (0, 0)
+            self.shape = self.frame_shape
+        else:
+            if region.frame_shape != self.frame_shape or region.grid != (int(tile), int(overlap)):
+                raise ValueError(f"region {region.index} was cut for frame {region.frame_shape} and tiles "
+                                 f"{region.grid}, not {self.frame_shape} and {(tile, overlap)}")
+            act, own = region.active, region.own
+            y0, y1, x0, x1 = region.section
+            self.origin = (y0, x0)
+            self.shape = (y1 - y0, x1 - x0)
+        self.tiles = [Tile(ay[i][0], ay[i][1], ax[j][0], ax[j][1], ay[i][2], ay[i][3], ax[j][2], ax[j][3])
+                      for i in range(act[0], act[1]) for j in range(act[2], act[3])]  # iter_tiles' order
+        self._own = [own[0] <= i < own[1] and own[2] <= j < own[3]
+                     for i in range(act[0], act[1]) for j in range(act[2], act[3])]
         if overlap < 2 * radius_max:
             log.debug("forced photometry: overlap %d px < 2 x radius_max; stars at tile seams see truncated "
                       "neighbours", overlap)
-        self._designs: list[dict] = [self._design(t) for t in self.tiles]
+        self._designs: list[dict | None] = [self._design(t) for t in self.tiles]
         self._systems: list[OrderedDict] = [OrderedDict() for _ in self.tiles]
         self.cache_size = int(cache_size)
         self.var: np.ndarray | None = None  # per-pixel variance of the weights (electrons²), set by init_weights
         self.blended = self._blends(blend_radius)
         self._sticky = np.zeros(self.shape, bool)
+
+    @property
+    def owned(self) -> np.ndarray:
+        """The stars this engine measures (all of them for a whole-frame engine; a region's: those in its core)."""
+        return np.ones(len(self.x), bool) if self.region is None else self.region.in_core(self.x, self.y)
+
+    def _cut(self, a: np.ndarray, t) -> np.ndarray:
+        """Tile ``t`` (frame pixels) of an image of this engine's section."""
+        oy, ox = self.origin
+        return a[t.y0 - oy : t.y1 - oy, t.x0 - ox : t.x1 - ox]
 
     # ------------------------------------------------------------------ design
     def _blends(self, r: float) -> np.ndarray:
@@ -255,7 +361,7 @@ class ForcedPSFPhotometry:
             return cache[key]
         des = self._designs[k]
         t = self.tiles[k]
-        var = self.var[t.y0 : t.y1, t.x0 : t.x1].ravel() if self.var is not None else np.ones(usable.size)
+        var = self._cut(self.var, t).ravel() if self.var is not None else np.ones(usable.size)
         w = np.where(usable, 1.0 / np.maximum(var, 1e-6), 0.0)
         sysk = _TileSystem(des["A"], w, des["n_star"], self.ridge, self.max_neighbours)
         cache[key] = sysk
@@ -265,7 +371,11 @@ class ForcedPSFPhotometry:
 
     def init_weights(self, image: np.ndarray, bad: np.ndarray | None = None, read_var: float = 25.0) -> None:
         """Fix the weights from ``image``: a uniform-weight fit, then var = ``read_var`` + the fitted model
-        (sky, background and stars, electrons) — the expected variance, free of this frame's noise."""
+        (sky, background and stars, electrons) — the expected variance, free of this frame's noise.
+
+        A region engine then forgets its ring tiles (they served only the weights of its overlaps)."""
+        if any(d is None for d in self._designs):
+            raise RuntimeError("init_weights: this region engine's ring tiles were released after its first init")
         self.var = None
         for c in self._systems:
             c.clear()
@@ -273,6 +383,9 @@ class ForcedPSFPhotometry:
         self.var = float(read_var) + np.maximum(res["model"], 0.0)
         for c in self._systems:
             c.clear()
+        for k, own in enumerate(self._own):
+            if not own:
+                self._designs[k] = None
 
     def fit(self, image: np.ndarray, bad: np.ndarray | None = None, read_var: float = 25.0,
             saturated: np.ndarray | None = None) -> dict:
@@ -303,33 +416,41 @@ class ForcedPSFPhotometry:
         finite = np.isfinite(image)
         usable_img = finite if bad is None else finite & ~np.asarray(bad, bool)
         data = np.where(finite, image, 0.0)
+        oy, ox = self.origin
+        sy, sx = self.shape
         for k, t in enumerate(self.tiles):
             des = self._designs[k]
-            if des["n_star"] == 0 and not want_model:
+            if not want_model and (not self._own[k] or des["n_star"] == 0):
                 continue
             H, W = des["shape"]
-            d = data[t.y0 : t.y1, t.x0 : t.x1].ravel()
-            usable = usable_img[t.y0 : t.y1, t.x0 : t.x1].ravel()
+            d = self._cut(data, t).ravel()
+            usable = self._cut(usable_img, t).ravel()
             s = self._system(k, usable)
             f, b = s.solve(d * usable)
             sol = np.concatenate([f, b])
-            sel = des["sel"]
-            own = t.in_core(self.x[sel], self.y[sel])
-            idx = sel[own]
-            out["flux"][idx] = f[own]
-            out["flux_err"][idx] = np.sqrt(s.var[own])
-            out["chi2"][idx] = s.chi2(d * usable, sol)[own]
-            # background at each star: the tent interpolation of the nodes
-            A_bkg = des["A"][:, des["n_star"] :]
-            bk = A_bkg @ np.nan_to_num(b)
-            xi = np.clip(np.rint(self.x[idx]).astype(int) - t.x0, 0, W - 1)
-            yi = np.clip(np.rint(self.y[idx]).astype(int) - t.y0, 0, H - 1)
-            out["background"][idx] = bk[yi * W + xi]
+            if self._own[k]:
+                sel = des["sel"]
+                own = t.in_core(self.x[sel], self.y[sel])
+                idx = sel[own]
+                out["flux"][idx] = f[own]
+                out["flux_err"][idx] = np.sqrt(s.var[own])
+                out["chi2"][idx] = s.chi2(d * usable, sol)[own]
+                # background at each star: the tent interpolation of the nodes
+                A_bkg = des["A"][:, des["n_star"] :]
+                bk = A_bkg @ np.nan_to_num(b)
+                xi = np.clip(np.rint(self.x[idx]).astype(int) - t.x0, 0, W - 1)
+                yi = np.clip(np.rint(self.y[idx]).astype(int) - t.y0, 0, H - 1)
+                out["background"][idx] = bk[yi * W + xi]
             if want_model:
                 m = (des["A"] @ np.nan_to_num(sol)).reshape(H, W)
-                cy0, cx0 = int(max(np.ceil(t.cy0), 0)), int(max(np.ceil(t.cx0), 0))
-                cy1, cx1 = int(min(np.ceil(t.cy1), self.shape[0])), int(min(np.ceil(t.cx1), self.shape[1]))
-                model[cy0:cy1, cx0:cx1] = m[cy0 - t.y0 : cy1 - t.y0, cx0 - t.x0 : cx1 - t.x0]
+                # the tile's core, clipped to the frame and to this engine's section
+                cy0, cx0 = int(max(np.ceil(t.cy0), 0, oy)), int(max(np.ceil(t.cx0), 0, ox))
+                cy1 = int(min(np.ceil(t.cy1), self.frame_shape[0], oy + sy))
+                cx1 = int(min(np.ceil(t.cx1), self.frame_shape[1], ox + sx))
+                if cy1 > cy0 and cx1 > cx0:
+                    model[cy0 - oy : cy1 - oy, cx0 - ox : cx1 - ox] = m[cy0 - t.y0 : cy1 - t.y0, cx0 - t.x0 : cx1 - t.x0]
+                # a uniform-weight system serves this model only: free it now (peak memory: one at a time)
+                self._systems[k].clear()
         out["ok"] = np.isfinite(out["flux"]) & np.isfinite(out["flux_err"])
         if want_model:
             out["model"] = model
