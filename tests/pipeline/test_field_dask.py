@@ -153,6 +153,50 @@ def test_field_on_dask_matches_serial_and_resumes(sim, tmp_path, client):
     assert all(v.get("reused") for v in again["stages"].values() if v.get("status") != "skipped")
 
 
+def test_field_on_dask_by_sky_region_matches_whole_frame_serial_and_resumes(sim, tmp_path, client):
+    """Forced photometry cut by sky region (forced.region_px: 2 x 2 regions of the 64² frames, runs of 6
+    frames): (region x run) tasks + one assembly per frame write the whole-frame serial run's catalogues,
+    sources and store; the serial run by region too; a run killed midway redoes only the missing frames."""
+    pytest.importorskip("skyvar.detect.sep_baseline")
+    small = {"tile": 32, "overlap": 12}
+    by_region = {**small, "region_px": 32, "frames_per_task": 6}
+    lc = {"stages": {"indices": STAGES_MIN["indices"]}, "batch_curves": 1000}
+    s_ser = _pipeline(tmp_path / "serial", sim, forced={**small, "region_px": None}, lightcurves=lc).run()
+    s_dk = _pipeline(tmp_path / "dask", sim, forced=by_region, lightcurves=lc, dask=DASK).run()
+    _pipeline(tmp_path / "serial_regions", sim, forced=by_region, lightcurves=lc).run()
+    m = s_dk["stages"]["photometry"]["metrics"]
+    assert m["n_frames"] == 16 and m["n_failed"] == 0
+    assert m["n_tasks"] == 4 * 3 + 16  # 4 regions x 3 runs of <= 6 frames, then 16 assemblies
+    assert s_ser["stages"]["photometry"]["metrics"].get("n_tasks") is None
+    ser = _catalogs(tmp_path / "serial/photometry/catalogs")
+    assert len(ser) == 16 and min(len(t) for t in ser.values()) >= 15
+    for run in ("dask", "serial_regions"):
+        got = _catalogs(tmp_path / run / "photometry/catalogs")
+        assert list(got) == list(ser), run
+        for k in ser:
+            _assert_tables_equal(ser[k], got[k])
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "serial/associate/sources.parquet"),
+                                      pd.read_parquet(tmp_path / run / "associate/sources.parquet"))
+    assert not (tmp_path / "dask/photometry/.region_parts").exists()  # the parts are gone once assembled
+    # the photometry stage hash does not depend on how the work is cut: the whole-frame run is reused
+    again = _pipeline(tmp_path / "serial", sim, forced=by_region, lightcurves=lc, dask=DASK).run()
+    assert again["stages"]["photometry"]["reused"]
+    # killed midway: no manifest, two catalogues missing -> only those two frames are measured (by region)
+    out = tmp_path / "dask"
+    (out / "photometry/_stage.json").unlink()
+    cats = sorted((out / "photometry/catalogs").glob("*.parquet"))
+    for c in (cats[2], cats[9]):
+        c.unlink()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "photometry/catalogs").glob("*.parquet")}
+    s2 = _pipeline(out, sim, forced=by_region, lightcurves=lc, dask=DASK).run()
+    m2 = s2["stages"]["photometry"]["metrics"]
+    assert m2["n_resumed"] == 14 and m2["n_frames"] == 16 and m2["n_tasks"] == 4 + 2
+    now = {p.name: p.stat().st_mtime_ns for p in (out / "photometry/catalogs").glob("*.parquet")}
+    assert {k: now[k] for k in mtimes} == mtimes and len(now) == 16
+    for k in ser:
+        _assert_tables_equal(ser[k], _catalogs(out / "photometry/catalogs")[k])
+
+
 def test_killed_worker_is_retried_and_twice_killed_frame_reported(sim, tmp_path, client):
     out = tmp_path / "run"
     kw = dict(photometry="per_frame", truth=None)

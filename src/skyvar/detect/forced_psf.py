@@ -49,6 +49,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -57,7 +59,7 @@ import scipy.sparse as sp
 from astropy.table import Table
 from scipy.sparse.linalg import splu
 
-from skyvar.detect.base import FLAG_BLENDED, FLAG_FIT_FAILED, Detector
+from skyvar.detect.base import FLAG_BLENDED, FLAG_FIT_FAILED, Detector, finalize_catalog
 from skyvar.detect.tiling import Tile, _axis_tiles
 from skyvar.io.fits import MASK_BAD, MASK_SATURATED, Frame
 from skyvar.utils.log import get_logger
@@ -630,9 +632,7 @@ class ForcedPSFDetector(Detector):
     def _geometry(self, frame: Frame):
         x, y = self.positions(frame)
         psf = self._psf(frame)
-        key = (frame.shape, getattr(psf, "note", repr(psf)), round(float(getattr(psf, "fwhm", 0.0)), 6),
-               hashlib.sha1(np.round(np.c_[x, y], 4).tobytes()).hexdigest())
-        return x, y, psf, key
+        return x, y, psf, _geometry_key(frame.shape, x, y, psf)
 
     def _new_engine(self, frame: Frame, x, y, psf) -> ForcedPSFPhotometry:
         flux_ref = np.asarray(self.reference["flux"], float) if "flux" in self.reference.colnames else None
@@ -689,3 +689,534 @@ class ForcedPSFDetector(Detector):
         ny, nx = frame.shape
         inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
         return out[inside]
+
+
+def _geometry_key(shape, x, y, psf) -> tuple:
+    """What makes two frames share a forced-photometry system: shape, PSF and positions."""
+    return (tuple(shape), getattr(psf, "note", repr(psf)), round(float(getattr(psf, "fwhm", 0.0)), 6),
+            hashlib.sha1(np.round(np.c_[x, y], 4).tobytes()).hexdigest())
+
+
+# ---------------------------------------------------------------------------------------------- regions
+# Forced photometry by sky region: a task measures one region (ForcedRegion) on a run of frames with an
+# engine built for that region alone, from the region's section of each frame; the per-frame catalogues
+# are then assembled from the regions' parts (rows in the reference's order). The result is the
+# whole-frame detector's catalogue, rows, columns and meta (tested), with memory bounded by the region.
+_WCS_KEY = re.compile(r"^(WCSAXES|CTYPE|CRPIX|CRVAL|CDELT|CUNIT|CROTA|CD\d|PC\d|PV\d|PS\d|LONPOLE|LATPOLE|RADESYS|"
+                      r"RADECSYS|EQUINOX|EPOCH|A_|B_|AP_|BP_|CPDIS|CQDIS|DP\d|DQ\d|D2IM|NAXIS)")
+
+
+def _wcs_fingerprint(header) -> str:
+    """A hash of the header cards a celestial WCS is built from: two frames with the same fingerprint map
+    the reference's sky positions to the same pixels (so positions are computed once per series)."""
+    cards = [f"{k}={header[k]!r}" for k in header.keys() if k and _WCS_KEY.match(k)]
+    return hashlib.sha1("\n".join(cards).encode()).hexdigest()
+
+
+class _OffsetMask:
+    """A section's mask indexed in frame pixels (what :func:`skyvar.detect.base.finalize_catalog` reads)."""
+
+    def __init__(self, mask: np.ndarray, origin: tuple[int, int]):
+        self.m, self.origin = mask, origin
+
+    def any(self) -> bool:
+        return bool(self.m.any())
+
+    def __getitem__(self, key):
+        yy, xx = key
+        yy, xx = np.asarray(yy) - self.origin[0], np.asarray(xx) - self.origin[1]
+        if yy.size and (yy.min() < 0 or xx.min() < 0 or yy.max() >= self.m.shape[0] or xx.max() >= self.m.shape[1]):
+            raise IndexError("a measured star's flag stamp reaches outside its region's section")
+        return self.m[yy, xx]
+
+
+@dataclasses.dataclass
+class FrameSection:
+    """The pixels ``section`` of a frame file, processed as :func:`skyvar.io.fits.read_frame` processes the
+    whole frame (gain, NaN and fill values masked and zeroed, saturation), with the header's values.
+
+    ``stats``: counts over the region's pixel core (the cores partition the frame) from which the
+    assembly rebuilds read_frame's frame-level notes and checks; ``notes_head`` / ``notes_wcs``: the
+    header notes read_frame makes before and after its pixel notes."""
+
+    path: Path
+    header: object
+    data: np.ndarray
+    mask: np.ndarray
+    origin: tuple[int, int]
+    frame_shape: tuple[int, int]
+    exptime: float
+    gain: float
+    rdnoise: float
+    zp: float
+    mjd: float
+    filter: str
+    wcs: object
+    saturate: float
+    notes_head: list
+    notes_wcs: list
+    stats: dict
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.frame_shape
+
+    def as_frame(self) -> Frame:
+        """A Frame for :func:`finalize_catalog`: the frame's shape, the section's mask in frame pixels."""
+        return Frame(data=np.broadcast_to(np.float32(0.0), self.frame_shape), mask=_OffsetMask(self.mask, self.origin),
+                     header=self.header, exptime=self.exptime, gain=self.gain, rdnoise=self.rdnoise, zp=self.zp,
+                     mjd=self.mjd, filter=self.filter, wcs=self.wcs, path=self.path, saturate=self.saturate)
+
+
+def _image_hdu(hdul, hdu=None):
+    if hdu is not None:
+        return hdul[hdu]
+    for h in hdul:
+        if h.is_image and len(getattr(h, "shape", ()) or ()) == 2:
+            return h
+    return None
+
+
+def frame_geometry(path, hdu=None) -> tuple[tuple[int, int], object] | None:
+    """(shape, header) of a frame file's image without reading its pixels; None when unreadable."""
+    try:
+        from astropy.io import fits
+
+        with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
+            hdul.verify("silentfix")
+            h = _image_hdu(hdul, hdu)
+            if h is None:
+                return None
+            header = hdul[0].header.copy()
+            if h is not hdul[0]:
+                header.update(h.header)
+            return tuple(int(v) for v in h.shape), header
+    except Exception:
+        return None
+
+
+def read_frame_section(path, section: tuple[int, int, int, int], core: tuple[int, int, int, int] | None = None,
+                       hdu=None, exptime: float | None = None, zp: float | None = None, rdnoise: float | None = None,
+                       gain: float | None = None) -> FrameSection:
+    """The pixels ``section`` = ``(y0, y1, x0, x1)`` of a frame file (memory-mapped: only those are read),
+    processed as :func:`skyvar.io.fits.read_frame` processes the whole frame; ``core`` (same form, inside
+    the section) is the block whose pixel statistics go to ``stats``. A file read_frame would refuse
+    (unreadable, truncated, missing keys) raises read_frame's own :class:`FrameError`."""
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    from skyvar.io.fits import ABSURD_E, FrameError, _header_float, mid_exposure_mjd, read_frame
+
+    path = Path(path)
+    fkw = dict(exptime=exptime, zp=zp, rdnoise=rdnoise, gain=gain)
+    y0, y1, x0, x1 = section
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
+                hdul.verify("silentfix")
+                img = _image_hdu(hdul, hdu)
+                if img is None or any("truncated" in str(w.message) for w in caught):
+                    raise OSError("not a complete 2-D image")
+                shape = tuple(int(v) for v in img.shape)
+                if len(shape) != 2 or min(shape) < 4 or y1 > shape[0] or x1 > shape[1]:
+                    raise OSError("shape")
+                raw = np.array(img.section[y0:y1, x0:x1])
+                header = hdul[0].header.copy()
+                if img is not hdul[0]:
+                    header.update(img.header)
+                mask_in, mask_shape = None, None
+                if "MASK" in hdul:
+                    mask_shape = tuple(int(v) for v in hdul["MASK"].shape)
+                    if mask_shape == shape:
+                        mask_in = np.array(hdul["MASK"].section[y0:y1, x0:x1])
+    except Exception:
+        read_frame(path, hdu=hdu, **fkw)  # raises read_frame's own FrameError for this file
+        raise
+    # header values and notes, in read_frame's order
+    exptime = _header_float(header, ("EXPTIME", "EXPOSURE", "ITIME"), exptime, "exposure time [s]", path, notes,
+                            hint="; set frame.exptime=<seconds>" if exptime is None else " s (from frame.exptime)")
+    if exptime <= 0:
+        raise FrameError(f"{path}: EXPTIME={exptime} must be positive")
+    gain = _header_float(header, ("GAIN", "EGAIN", "CCDGAIN"), 1.0 if gain is None else gain, "gain [e-/ADU]", path,
+                         notes, hint=" e-/ADU (set frame.gain=)" if gain is None else " e-/ADU (from frame.gain)")
+    if gain <= 0:
+        gain = 1.0
+        notes.append(f"{path}: non-positive GAIN, using 1.0")
+    rdnoise = _header_float(header, ("RDNOISE", "READNOIS", "RON"), 0.0 if rdnoise is None else float(rdnoise),
+                            "read noise [e-]", path, notes,
+                            hint=" e- (set frame.rdnoise=)" if rdnoise is None else " e- (from frame.rdnoise)")
+    zp_val = _header_float(header, ("ZP", "MAGZERO", "MAGZP", "ZEROPT"), float("nan") if zp is None else float(zp),
+                           "zero point [mag for 1 e-/s]", path, notes, warn=zp is not None,
+                           hint=" (from frame.zp)" if zp is not None else "")
+    if not np.isfinite(zp_val):
+        notes.append(f"{path}: no zero point (ZP); magnitudes need frame.zp=")
+    mjd = mid_exposure_mjd(header, exptime, path, notes)
+    saturate = _header_float(header, ("SATURATE", "SATLEVEL"), float("inf"), "saturation [ADU]", path, notes, warn=False)
+    if mask_shape is not None and mask_shape != shape:
+        notes.append(f"{path}: MASK shape {mask_shape} != image {shape}; ignored")
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = raw.astype(np.float32) * np.float32(gain)
+    mask = np.zeros(data.shape, dtype=np.uint8) if mask_in is None else mask_in.astype(np.uint8).copy()
+    bad = ~np.isfinite(data)
+    absurd = np.isfinite(data) & (np.abs(data) > ABSURD_E)
+    cy0, cy1, cx0, cx1 = core if core is not None else section
+    cs = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
+    stats = {"n_pix": int((cy1 - cy0) * (cx1 - cx0)), "n_nonfinite": int(bad[cs].sum()),
+             "n_absurd": int(absurd[cs].sum()), "first_absurd": None}
+    if stats["n_absurd"]:
+        iy, ix = np.unravel_index(int(np.argmax(absurd[cs])), absurd[cs].shape)
+        stats["first_absurd"] = ((cy0 + int(iy)) * shape[1] + cx0 + int(ix), float(data[cs][iy, ix]))
+    bad |= absurd
+    mask[bad] |= MASK_BAD
+    data = np.where(bad, 0.0, data).astype(np.float32)
+    good = data[cs][(mask[cs] & MASK_BAD) == 0]
+    stats.update(n_bad=int(bad[cs].sum()), n_good=int(good.size),
+                 good_min=float(good.min()) if good.size else None, good_max=float(good.max()) if good.size else None)
+    sat_e = saturate * gain
+    if np.isfinite(sat_e):
+        mask[data >= sat_e] |= MASK_SATURATED
+    wnotes: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header, naxis=2)
+            if not wcs.has_celestial:
+                wcs = None
+                wnotes.append(f"{path}: no celestial WCS; ra/dec will be NaN")
+        except Exception as e:  # astropy raises many kinds on malformed WCS
+            wcs = None
+            wnotes.append(f"{path}: unusable WCS ({e}); ra/dec will be NaN")
+    return FrameSection(path=path, header=header, data=data, mask=mask, origin=(y0, x0), frame_shape=shape,
+                        exptime=exptime, gain=gain, rdnoise=rdnoise, zp=zp_val, mjd=mjd, filter=str(header.get("FILTER", "unknown")),
+                        wcs=wcs, saturate=sat_e, notes_head=notes, notes_wcs=wnotes, stats=stats)
+
+
+def frame_notes_from_parts(path, parts: list[dict], frame_kw: dict | None = None) -> list[str]:
+    """read_frame's warnings for the whole frame, from the regions' section notes and pixel statistics;
+    a frame read_frame refuses for its pixels (all bad, constant) raises read_frame's own FrameError."""
+    from skyvar.io.fits import ABSURD_E, read_frame
+
+    st = [p["stats"] for p in parts]
+    n_pix, n_bad = sum(s["n_pix"] for s in st), sum(s["n_bad"] for s in st)
+    lo = [s["good_min"] for s in st if s["n_good"]]
+    hi = [s["good_max"] for s in st if s["n_good"]]
+    if n_bad == n_pix or (lo and min(lo) == max(hi)):
+        read_frame(path, **(frame_kw or {}))  # raises its FrameError (every pixel bad, a constant frame)
+        raise RuntimeError(f"{path}: the regions' pixel statistics and read_frame disagree")
+    notes = list(parts[0]["notes_head"])
+    n_nf = sum(s["n_nonfinite"] for s in st)
+    if n_nf:
+        notes.append(f"{Path(path)}: {n_nf} NaN/inf pixels masked")
+    n_abs = sum(s["n_absurd"] for s in st)
+    if n_abs:
+        first = min(s["first_absurd"] for s in st if s["first_absurd"] is not None)[1]
+        notes.append(f"{Path(path)}: {n_abs} pixels with absurd values (|value| > {ABSURD_E:g} e-, e.g. "
+                     f"{first:.3g}: fill values) masked")
+    return notes + list(parts[0]["notes_wcs"])
+
+
+def region_margin(kw: dict) -> float:
+    """How far outside a region's section a star can reach into it (its stamp) or blend with its stars."""
+    return float(max(int(kw.get("radius_max", 10)), float(kw.get("blend_radius", 2.0)))) + 1.0
+
+
+class _RegionSeries:
+    """One region of a series on one worker: the region engine of the series frame, and the series
+    positions (computed once for every frame whose WCS cards are the series frame's)."""
+
+    def __init__(self, det: ForcedPSFDetector, region: ForcedRegion, series_sky: float, frame_kw: dict):
+        self.det, self.region, self.frame_kw = det, region, dict(frame_kw or {})
+        sec = read_frame_section(det.series_frame, region.section, region.pixel_core, **self.frame_kw)
+        if sec.frame_shape != region.frame_shape:
+            raise ValueError(f"series frame {det.series_frame}: shape {sec.frame_shape} != regions' {region.frame_shape}")
+        self.wcs_fp = _wcs_fingerprint(sec.header)
+        self.x, self.y = det.positions(sec)
+        psf = self.psf(sec)
+        self.key = _geometry_key(sec.frame_shape, self.x, self.y, psf)
+        self.engine = self.new_engine(sec, self.x, self.y, psf, series_sky)
+        self.sat = (sec.mask & MASK_SATURATED) > 0
+
+    def psf(self, sec: FrameSection):
+        from skyvar.detect.psf_models import psf_from_header
+
+        p = psf_from_header(sec.header) if self.det.psf_mode in ("auto", "simulator") else None
+        if p is None:  # the planner sends such frames to the whole-frame path; never guess here
+            raise ValueError(f"{sec.path}: forced photometry by region needs the PSF from the header")
+        return p
+
+    def new_engine(self, sec: FrameSection, x, y, psf, sky_sigma: float) -> ForcedPSFPhotometry:
+        """:meth:`ForcedPSFDetector._new_engine` for this region: the same stars' systems, weights and masks."""
+        det = self.det
+        sel = self.region.stars(x, y, region_margin(det.kw))
+        ref = det.reference
+        flux_ref = np.asarray(ref["flux"], float)[sel] if "flux" in ref.colnames else None
+        eng = ForcedPSFPhotometry(psf, sec.frame_shape, x[sel], y[sel], flux_ref=flux_ref, sky_sigma=sky_sigma,
+                                  region=self.region, **det.kw)
+        eng.rows = sel  # the reference rows of the engine's stars
+        eng._sticky |= (sec.mask & MASK_SATURATED) > 0
+        eng.init_weights(sec.data, eng._sticky | ((sec.mask & MASK_BAD) > 0), read_var=sec.rdnoise**2)
+        return eng
+
+    def measure(self, file) -> dict:
+        """The region's rows of ``file``'s catalogue (what ForcedPSFDetector.detect gives for them)."""
+        from skyvar.io.fits import read_frame
+
+        det, region = self.det, self.region
+        t0 = time.perf_counter()
+        sec = read_frame_section(file, region.section, region.pixel_core, **self.frame_kw)
+        if _wcs_fingerprint(sec.header) == self.wcs_fp:
+            x, y = self.x, self.y
+        else:
+            x, y = det.positions(sec)
+        psf = self.psf(sec)
+        key = _geometry_key(sec.frame_shape, x, y, psf)
+        bad = (sec.mask & MASK_BAD) > 0
+        sat = (sec.mask & MASK_SATURATED) > 0
+        if key == self.key and sec.frame_shape == region.frame_shape:
+            eng = self.engine
+            eng._sticky = self.sat.copy()
+        else:  # shifted positions or another PSF: a system of its own, from this frame (its sky: the whole frame's)
+            med = float(np.nanmedian(read_frame(file, **self.frame_kw).data))
+            eng = self.new_engine(sec, x, y, psf, float(np.sqrt(sec.rdnoise**2 + max(med, 0.0))))
+        res = eng.fit(sec.data, bad, read_var=sec.rdnoise**2, saturated=sat)
+        ny, nx = sec.frame_shape
+        own = eng.owned & (eng.x >= -0.5) & (eng.x < nx - 0.5) & (eng.y >= -0.5) & (eng.y < ny - 0.5)
+        rows = eng.rows[own]
+        flags = np.where(res["ok"], 0, FLAG_FIT_FAILED).astype(np.int32)
+        flags |= np.where(eng.blended, FLAG_BLENDED, 0).astype(np.int32)
+        out = Table()
+        out["x"], out["y"] = eng.x[own], eng.y[own]
+        out["flux"], out["flux_err"] = res["flux"][own], res["flux_err"][own]
+        out["flags"] = flags[own]
+        out["ref_id"] = np.asarray(det.reference["ref_id"])[rows]
+        if "target" in det.reference.colnames:
+            out["target"] = np.asarray(det.reference["target"], bool)[rows]
+        out["chi2"] = res["chi2"][own]
+        out["local_bkg"] = res["background"][own]
+        cat = finalize_catalog(out, sec.as_frame(), det.name)
+        return {"rows": rows, "table": cat, "runtime_s": time.perf_counter() - t0, "stats": sec.stats,
+                "notes_head": sec.notes_head, "notes_wcs": sec.notes_wcs}
+
+
+def _part_path(parts_dir, file, region: ForcedRegion) -> Path:
+    from skyvar.io.catalog import frame_id_from_path
+
+    return Path(parts_dir) / frame_id_from_path(file) / f"r{region.index:04d}.pkl"
+
+
+def _load_part(p: Path, config_hash: str) -> dict | None:
+    import pickle
+
+    try:
+        part = pickle.loads(p.read_bytes())
+    except Exception:
+        return None
+    return part if part.get("config_hash") == config_hash else None
+
+
+def forced_region_task(item: tuple, detector, parts_dir: str, config_hash: str, series_sky: float,
+                       frame_kw: dict | None = None) -> dict:
+    """One region on a run of frames (a Dask task, or a call in the serial run): build the region's engine
+    once from the series frame, measure each frame's section and write the region's part of its catalogue
+    (``parts_dir/<frame>/r<region>.pkl``; parts already written with this configuration are kept). Returns
+    ``failures`` (frame, stage read|detect, error) and ``stats``; never raises for one frame."""
+    import pickle
+    import traceback
+
+    from skyvar.io.fits import FrameError
+    from skyvar.pipeline.distributed import task_stats
+    from skyvar.utils.atomic import atomic_path
+
+    c0, w0 = time.thread_time(), time.perf_counter()
+    region, files = item
+    det = detector.cached() if hasattr(detector, "cached") else detector
+    series = None
+    failures, n_done = [], 0
+    for f in files:
+        out = _part_path(parts_dir, f, region)
+        if _load_part(out, config_hash) is not None:
+            continue
+        try:
+            if series is None:
+                series = _RegionSeries(det, region, series_sky, frame_kw or {})
+            part = series.measure(f)
+        except FrameError as e:
+            failures.append({"file": str(f), "stage": "read", "error": str(e)})
+            continue
+        except Exception as e:  # one bad frame must not stop the run
+            failures.append({"file": str(f), "stage": "detect", "error": f"{type(e).__name__}: {e}",
+                             "traceback": traceback.format_exc(limit=5)})
+            continue
+        part["config_hash"] = config_hash
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+        n_done += 1
+    return {"region": region.index, "n_frames": n_done, "failures": failures, "stats": task_stats(c0, w0)}
+
+
+def assemble_frame_task(file: str, parts_dir: str, regions: list[ForcedRegion], out: str, config_hash: str,
+                        frame_kw: dict | None = None) -> dict:
+    """One frame's catalogue from its regions' parts: rows in the reference's order, the columns and meta
+    of :meth:`ForcedPSFDetector.detect` + :func:`skyvar.detect.batch.detect_file`, written atomically;
+    the parts are removed after. Returns ``status`` done|failed (stage, error) and ``stats``."""
+    import shutil
+
+    from astropy.table import vstack
+
+    from skyvar.io.catalog import write_catalog
+    from skyvar.io.fits import FrameError
+    from skyvar.pipeline.distributed import task_stats
+
+    c0, w0 = time.thread_time(), time.perf_counter()
+    rec: dict = {"file": str(file)}
+    paths = [_part_path(parts_dir, file, r) for r in regions]
+    parts = [_load_part(p, config_hash) for p in paths]
+    if any(p is None for p in parts):
+        rec.update(status="failed", stage="detect", error="a region's part of this frame is missing")
+        rec["stats"] = task_stats(c0, w0)
+        return rec
+    try:
+        notes = frame_notes_from_parts(file, parts, frame_kw)
+    except FrameError as e:
+        rec.update(status="failed", stage="read", error=str(e))
+        rec["stats"] = task_stats(c0, w0)
+        return rec
+    tables = [p["table"] for p in parts if len(p["table"])]
+    if tables:
+        cat = vstack(tables, join_type="exact", metadata_conflicts="silent") if len(tables) > 1 else tables[0]
+        cat = cat[np.argsort(np.concatenate([p["rows"] for p in parts if len(p["table"])]), kind="stable")]
+    else:
+        cat = parts[0]["table"]
+    meta = dict(parts[0]["table"].meta)
+    cat.meta.clear()
+    cat.meta.update(meta)
+    cat.meta["config_hash"] = config_hash
+    cat.meta["runtime_s"] = round(sum(p["runtime_s"] for p in parts), 3)
+    if notes:
+        cat.meta["input_warnings"] = notes
+    write_catalog(cat, out)
+    shutil.rmtree(paths[0].parent, ignore_errors=True)
+    rec.update(status="done", catalog=str(out), stats=task_stats(c0, w0))
+    return rec
+
+
+def measure_by_region(detector: ForcedPSFDetector, files, cat_dir, config_hash: str, fmt: str = "parquet",
+                      region_px: int | None = 2048, frames_per_task: int | None = None, task_detector=None,
+                      parts_dir=None, resume: bool = True, progress: bool = False, client=None,
+                      frame: dict | None = None):
+    """Forced photometry of ``files`` by sky region (see :class:`ForcedRegion`): tasks = (region x run of
+    frames), then one assembly task per frame; the catalogues are :func:`skyvar.detect.batch.detect_files`'
+    with the whole-frame ``detector`` (rows, columns, meta), the memory of a task bounded by its region.
+
+    Returns None when the series frame fits in one region (``region_px`` None or not smaller than the
+    frame) or its PSF does not come from the header (an ePSF is built from a whole frame): the caller then
+    runs the whole-frame path. Frames of another shape or without the header PSF go the whole-frame way.
+    ``frames_per_task``: frames in a run (default: as many runs as it takes to give every worker a
+    task, each region's engine being built once per run). ``task_detector``: what the tasks build their
+    detector from (a :class:`~skyvar.detect.batch.DetectorSpec` on Dask; default ``detector``).
+    Resume: catalogues written with ``config_hash`` are kept, and so are regions' parts of unfinished frames.
+    """
+    import shutil
+
+    from skyvar.detect.batch import DetectResult, detect_files
+    from skyvar.detect.psf_models import has_sim_psf
+    from skyvar.io.catalog import catalog_meta, catalog_path, frame_id_from_path
+    from skyvar.io.fits import read_frame
+    from skyvar.pipeline.distributed import TaskFailed, run_tasks
+    from skyvar.utils.config import stable_hash
+
+    if not region_px or detector.series_frame is None or detector.psf_mode not in ("auto", "simulator"):
+        return None
+    geo = frame_geometry(detector.series_frame)
+    if geo is None or not has_sim_psf(geo[1]):
+        return None
+    shape = geo[0]
+    kw = detector.kw
+    regions = forced_regions(shape, kw["tile"], kw["overlap"], region_px)
+    if len(regions) < 2:
+        return None
+    cat_dir = Path(cat_dir)
+    cat_dir.mkdir(parents=True, exist_ok=True)
+    files = [Path(f) for f in files]
+    outs = [catalog_path(cat_dir, frame_id_from_path(f), fmt) for f in files]
+    done = [resume and (catalog_meta(o) or {}).get("config_hash") == config_hash for o in outs]
+    todo = [f for f, d in zip(files, done) if not d]
+    by_region, whole = [], []
+    for f in todo:
+        g = frame_geometry(f)
+        (by_region if g is not None and g[0] == shape and has_sim_psf(g[1]) else whole).append(f)
+    fkw = {k: v for k, v in dict(frame or {}).items() if v is not None}
+    layout = stable_hash({"shape": shape, "tile": kw["tile"], "overlap": kw["overlap"], "region_px": region_px})[:12]
+    parts_root = Path(parts_dir) if parts_dir is not None else cat_dir.parent / ".region_parts"
+    parts = parts_root / layout
+    task_det = task_detector if task_detector is not None else detector
+    failures: dict[Path, dict] = {}
+    stats: list[dict] = []
+    wall = 0.0
+    assembled: dict[Path, Path] = {}
+    if by_region:
+        sf = read_frame(detector.series_frame, **fkw)  # the series' sky level: the whole frame's median, once
+        series_sky = float(np.sqrt(sf.rdnoise**2 + max(float(np.nanmedian(sf.data)), 0.0)))
+        del sf
+        n_workers = len(client.scheduler_info().get("workers", {})) if client is not None else 1
+        per = int(frames_per_task) if frames_per_task else \
+            int(np.ceil(len(by_region) / max(1, int(np.ceil(n_workers / len(regions))))))
+        runs = [[str(f) for f in by_region[i : i + per]] for i in range(0, len(by_region), per)]
+        items = [(r, run) for run in runs for r in regions]
+        log.info("forced photometry by region: %d regions of %s px x %d run(s) of <= %d frames = %d tasks",
+                 len(regions), region_px, len(runs), per, len(items))
+        recs = run_tasks(forced_region_task, items, task_det, str(parts), config_hash, series_sky, fkw,
+                         client=client, desc="forced-regions", progress=progress)
+        if client is not None and hasattr(task_det, "key"):
+            from skyvar.pipeline.distributed import drop_cached
+
+            client.run(drop_cached, f"detector:{task_det.key}")
+        for (r, run), rec in zip(items, recs):
+            if isinstance(rec, TaskFailed):
+                for f in run:
+                    failures.setdefault(Path(f), {"file": f, "stage": "detect", "error": f"region {r.index}: {rec.error}"})
+                continue
+            stats.append(rec["stats"])
+            wall += rec["stats"]["wall_s"]
+            for fl in rec["failures"]:
+                failures.setdefault(Path(fl["file"]), fl)
+        out_of = {f: str(o) for f, o in zip(files, outs)}
+        ready = [(str(f), out_of[f]) for f in by_region if f not in failures]
+        arecs = run_tasks(_assemble_one, ready, str(parts), regions, config_hash, fkw, client=client,
+                          desc="forced-assemble", progress=progress)
+        for (f, _), rec in zip(ready, arecs):
+            if isinstance(rec, TaskFailed):
+                failures[Path(f)] = {"file": f, "stage": "detect", "error": rec.error}
+                continue
+            stats.append(rec["stats"])
+            if rec["status"] == "done":
+                assembled[Path(f)] = Path(rec["catalog"])
+                wall += rec["stats"]["wall_s"]
+            else:
+                failures[Path(f)] = {k: rec[k] for k in ("file", "stage", "error") if k in rec}
+    other = None
+    if whole:
+        log.info("forced photometry by region: %d frame(s) of another shape or PSF source measured whole", len(whole))
+        other = detect_files(task_det, whole, cat_dir, config_hash, fmt=fmt, resume=resume, progress=progress,
+                             client=client, frame=frame)
+        failures.update({Path(fl["file"]): fl for fl in other.failures})
+        stats += other.task_stats
+        wall += other.wall_s
+    if not any(parts_root.glob("*/*/*.pkl")):
+        shutil.rmtree(parts_root, ignore_errors=True)
+    cats = []
+    for f, o, d in zip(files, outs, done):
+        if d or f in assembled or (other is not None and o in other.catalogs):
+            cats.append(o)
+    fails = [failures[f] for f in files if f in failures]
+    for fl in fails:
+        log.error("frame %s failed (%s): %s", fl["file"], fl["stage"], fl["error"])
+    return DetectResult(cats, fails, int(sum(done)), wall, stats)
+
+
+def _assemble_one(item: tuple[str, str], parts_dir: str, regions: list, config_hash: str, frame_kw: dict) -> dict:
+    return assemble_frame_task(item[0], parts_dir, regions, item[1], config_hash, frame_kw)

@@ -208,14 +208,17 @@ class FieldPipeline:
                         lambda d: self._reference(d, files, detector), outputs=["reference.ecsv"])
             from skyvar.detect.forced_psf import ForcedPSFDetector
 
-            fc = {k: v for k, v in self.forced_cfg.items() if k != "_target_"}
+            # how the work is cut (forced.region_px, forced.frames_per_task) changes no output: not hashed
+            regions = {"region_px": self.forced_cfg.get("region_px", 2048),
+                       "frames_per_task": self.forced_cfg.get("frames_per_task")}
+            fc = {k: v for k, v in self.forced_cfg.items() if k not in ("_target_", *regions)}
             ref_path = self.out_dir / "reference" / "reference.ecsv"
             # the first readable frame fixes the weights and saturation mask of every frame, so a frame's
             # photometry does not depend on the order the frames are measured in (resume, Dask)
             series = ref_rec.get("series_frame") or str(files[0])
             phot_detector = ForcedPSFDetector(**{"name": f"{name}+forced_psf", **fc, "series_frame": series})
             phot_detector.set_reference(ref_path)
-            phot_cfg = {"forced": self.forced_cfg, "reference": self._hash("reference"), "name": phot_detector.name,
+            phot_cfg = {"forced": {k: v for k, v in self.forced_cfg.items() if k not in regions}, "reference": self._hash("reference"), "name": phot_detector.name,
                         "series_frame": series}
             # what a Dask worker builds (once) instead of receiving the object
             phot_spec = {"_target_": "skyvar.detect.forced_psf.ForcedPSFDetector", "name": phot_detector.name,
@@ -224,9 +227,10 @@ class FieldPipeline:
             phot_detector = detector
             phot_cfg = {"detector": self.detector_cfg, "model": model_fingerprint(self.detector_cfg)}
             phot_spec = self.detector_cfg if isinstance(self.detector_cfg, dict) else detector
+            regions = None
         self.summary["name"] = getattr(phot_detector, "name", name)
         rec = self._stage("photometry", {"frames": fp, "mode": mode, "cfg": phot_cfg, "fmt": self.catalog_format},
-                          lambda d: self._photometry(d, files, phot_detector, phot_cfg, phot_spec))
+                          lambda d: self._photometry(d, files, phot_detector, phot_cfg, phot_spec, regions))
         catalogs = [Path(p) for p in rec.get("catalogs", [])]
         if not catalogs:
             self._finish(t_start)
@@ -315,17 +319,26 @@ class FieldPipeline:
         return {"metrics": {"n_reference": len(ref), "n_frames": len(frames)}, "_failures": failures,
                 "series_frame": str(frames[0].path)}
 
-    def _photometry(self, d: Path, files: list[Path], detector, cfg: dict, spec=None) -> dict:
+    def _photometry(self, d: Path, files: list[Path], detector, cfg: dict, spec=None, regions: dict | None = None) -> dict:
         from skyvar.detect.batch import DetectorSpec, detect_files
         from skyvar.io.catalog import read_catalog_table
 
         # a catalogue already written with this configuration is kept (frame by frame resume); on Dask
         # each frame to do is a task and the detector is built once per worker from its spec
         h = stable_hash({"detector": cfg})
+        task_det = detector
         if self.client is not None:
-            detector = DetectorSpec.of(spec if spec is not None else detector, extra_key=h)
-        res = detect_files(detector, files, d / "catalogs", h, fmt=self.catalog_format,
-                           resume=self.resume, progress=self.progress, client=self.client, frame=self.frame_kw)
+            task_det = DetectorSpec.of(spec if spec is not None else detector, extra_key=h)
+        res = None
+        if regions is not None:  # forced photometry of frames larger than forced.region_px: by sky region
+            from skyvar.detect.forced_psf import measure_by_region
+
+            res = measure_by_region(detector, files, d / "catalogs", h, fmt=self.catalog_format, **regions,
+                                    task_detector=task_det, resume=self.resume, progress=self.progress,
+                                    client=self.client, frame=self.frame_kw)
+        if res is None:
+            res = detect_files(task_det, files, d / "catalogs", h, fmt=self.catalog_format,
+                               resume=self.resume, progress=self.progress, client=self.client, frame=self.frame_kw)
         if res.n_resumed:
             log.info("photometry: %d of %d frames already measured with this configuration", res.n_resumed, len(files))
         n_src = []
