@@ -221,3 +221,65 @@ def test_region_engines_equal_the_whole_frame_engine():
         assert np.array_equal(eng.blended[own], whole.blended[idx])
     assert np.all(seen == 1)  # every star measured by exactly one region
     assert np.isfinite(ref[0]["flux"]).mean() > 0.9
+
+
+def test_forced_regions_partition_the_frame():
+    from skyvar.detect.forced_psf import forced_regions
+
+    assert len(forced_regions((2048, 2048), 256, 32, 2048)) == 1
+    assert len(forced_regions((5000, 5000), 256, 32, None)) == 1
+    regs = forced_regions((5000, 4100), 256, 32, 2048)
+    assert len(regs) == 3 * 3
+    cover = np.zeros((5000, 4100), np.int8)
+    for r in regs:
+        y0, y1, x0, x1 = r.pixel_core
+        cover[y0:y1, x0:x1] += 1
+        s = r.section
+        assert s[0] <= y0 and s[1] >= y1 and s[2] <= x0 and s[3] >= x1
+        # the section holds the own tiles plus one ring of neighbours (less at the frame's edges)
+        assert (r.active[1] - r.active[0]) - (r.own[1] - r.own[0]) in (1, 2)
+    assert np.all(cover == 1)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_frame_sections_read_as_read_frame(tmp_path):
+    """A frame's sections (memory-mapped) hold read_frame's pixels and mask; the regions' statistics give
+    read_frame's notes (NaN, fill values, missing keys) and its errors (a constant frame)."""
+    from astropy.io import fits
+
+    from skyvar.detect.forced_psf import forced_regions, frame_notes_from_parts, read_frame_section
+    from skyvar.io.fits import FrameError, read_frame
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(100, 5, (90, 70)).astype(np.float32)
+    img[5, 60] = np.nan
+    img[80:82, 3] = np.inf
+    img[44, 40] = -1e30
+    img[70, 10] = 5e13
+    img[20:23, 30:33] = 6e4  # saturated
+    mask = np.zeros(img.shape, np.uint8)
+    mask[50:52, 50:60] = 2
+    h = fits.Header({"EXPTIME": 10.0, "GAIN": 1.5, "SATURATE": 3.5e4, "MJD-OBS": 60000.0})
+    p = tmp_path / "f.fits"
+    fits.HDUList([fits.PrimaryHDU(img, header=h), fits.ImageHDU(mask, name="MASK")]).writeto(p)
+    whole = read_frame(p, zp=25.0)
+    regs = forced_regions(img.shape, 32, 8, 40)
+    assert len(regs) > 2
+    parts = []
+    for r in regs:
+        sec = read_frame_section(p, r.section, r.pixel_core, zp=25.0)
+        y0, y1, x0, x1 = r.section
+        assert np.array_equal(sec.data, whole.data[y0:y1, x0:x1]) and np.array_equal(sec.mask, whole.mask[y0:y1, x0:x1])
+        assert sec.frame_shape == whole.shape and sec.rdnoise == whole.rdnoise and sec.mjd == whole.mjd
+        parts.append({"stats": sec.stats, "notes_head": sec.notes_head, "notes_wcs": sec.notes_wcs})
+    assert len(whole.warnings) >= 4
+    assert frame_notes_from_parts(p, parts, {"zp": 25.0}) == whole.warnings
+    c = tmp_path / "const.fits"
+    fits.PrimaryHDU(np.full((40, 40), 7.0, np.float32), header=h).writeto(c)
+    r = forced_regions((40, 40), 16, 4, 20)
+    cparts = [{"stats": read_frame_section(c, q.section, q.pixel_core).stats} for q in r]
+    with pytest.raises(FrameError, match="same value") as e:
+        frame_notes_from_parts(c, cparts)
+    with pytest.raises(FrameError) as e2:
+        read_frame(c)
+    assert str(e.value) == str(e2.value)
