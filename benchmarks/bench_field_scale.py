@@ -200,10 +200,12 @@ def compare(base: Path, a) -> dict:
     return out
 
 
-def unit_costs(what: str, run_dir: Path, n: int = 3) -> dict:
+def unit_costs(what: str, run_dir: Path, n: int = 3, region_px: int = 1024) -> dict:
     """CPU seconds and peak RSS of the per-worker units at a run's frame size, in this process:
-    ``forced`` (the forced-photometry engine built from the series frame, then ``n`` frames) or ``sim``
-    (the field built, then ``n`` epochs rendered; the star operator is cached when it fits, as in a run)."""
+    ``forced`` (the whole-frame forced-photometry engine built from the series frame, then ``n`` frames),
+    ``forced_region`` (one region task of ``pipeline.forced.region_px``: the first region's engine built
+    from the series frame's section, then ``n`` frames' sections measured and their parts written) or
+    ``sim`` (the field built, then ``n`` epochs rendered; the star operator is cached when it fits)."""
     import numpy as np
 
     from skyvar.pipeline.distributed import process_cpu_s, rss_peak, start_rss_sampler
@@ -232,6 +234,44 @@ def unit_costs(what: str, run_dir: Path, n: int = 3) -> dict:
             per.append(process_cpu_s() - c)
         out.update(frame_cpu_s=per, n_stars=len(det.reference), n_rows=len(cat), shape=list(fr.shape),
                    n_tiles_engine=len(det._engine.tiles))
+    elif what == "forced_region":
+        import tempfile
+
+        from skyvar.detect.forced_psf import ForcedPSFDetector, _RegionSeries, forced_regions, frame_geometry
+        from skyvar.io.fits import read_frame
+
+        frames = sorted((run_dir / "sim" / "frames").glob("*.fits"))
+        c = process_cpu_s()
+        det = ForcedPSFDetector(reference=run_dir / "run" / "reference" / "reference.ecsv", series_frame=str(frames[0]))
+        shape = frame_geometry(frames[0])[0]
+        regions = forced_regions(shape, det.kw["tile"], det.kw["overlap"], region_px)
+        r = regions[0]
+        out["read_s"] = process_cpu_s() - c
+        # the series' sky level: measured once by the client in a run (a whole-frame median), not by the task
+        sf = read_frame(frames[0])
+        sky = float(np.sqrt(sf.rdnoise**2 + max(float(np.nanmedian(sf.data)), 0.0)))
+        del sf
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # that frame is the client's in a run, not the task's
+        out["base_rss_mb"] = rss_peak(reset=True)
+        c = process_cpu_s()
+        series = _RegionSeries(det, r, sky, {})
+        out["setup_cpu_s"] = process_cpu_s() - c
+        per = []
+        with tempfile.TemporaryDirectory() as tmp:
+            import pickle
+
+            for i in range(n):
+                c = process_cpu_s()
+                part = series.measure(frames[(i + 1) % len(frames)])
+                (Path(tmp) / f"{i}.pkl").write_bytes(pickle.dumps(part))
+                per.append(process_cpu_s() - c)
+        (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) = r.section, r.pixel_core
+        out.update(frame_cpu_s=per, n_stars=len(det.reference), n_rows=len(part["table"]), shape=list(shape),
+                   region_px=region_px, n_regions=len(regions), region_core_px=[cy1 - cy0, cx1 - cx0],
+                   region_section_px=[y1 - y0, x1 - x0], n_engine_stars=len(series.engine.x),
+                   own_tiles=int(sum(series.engine._own)), active_tiles=len(series.engine.tiles))
     else:
         import yaml
 
@@ -360,7 +400,8 @@ def main(argv=None) -> int:
                     help="light-curve stages to leave out (indices excess flares periodogram astronet), e.g. to "
                          "measure the frame stages of a 5000² frame without the searches")
     ap.add_argument("--json", default=None, help="write the measurements here (default: <out>/results.json)")
-    ap.add_argument("--unit-costs", choices=["forced", "sim"], default=None,
+    ap.add_argument("--region-px", type=int, default=1024, help="--unit-costs forced_region: the regions' size")
+    ap.add_argument("--unit-costs", choices=["forced", "forced_region", "sim"], default=None,
                     help="instead of the pipelines: per-worker unit costs (setup, per frame, peak RSS) on the frames of "
                          "an earlier serial run of this --size/--epochs")
     ap.add_argument("--plan", action="store_true",
@@ -382,7 +423,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(1)
         run_dir = Path(a.out) / (f"{a.size}px_{a.epochs}ep" + ("_frames" if a.drop_stages else "")) / "serial"
-        res = unit_costs(a.unit_costs, run_dir)
+        res = unit_costs(a.unit_costs, run_dir, region_px=a.region_px)
         print(json.dumps(res, indent=1))
         (run_dir.parent / f"unit_costs_{a.unit_costs}.json").write_text(json.dumps(res, indent=1) + "\n")
         return 0

@@ -437,12 +437,11 @@ class ForcedPSFPhotometry:
                 out["flux"][idx] = f[own]
                 out["flux_err"][idx] = np.sqrt(s.var[own])
                 out["chi2"][idx] = s.chi2(d * usable, sol)[own]
-                # background at each star: the tent interpolation of the nodes
-                A_bkg = des["A"][:, des["n_star"] :]
-                bk = A_bkg @ np.nan_to_num(b)
+                # background at each star: the tent interpolation of the nodes, at the star's pixel only
                 xi = np.clip(np.rint(self.x[idx]).astype(int) - t.x0, 0, W - 1)
                 yi = np.clip(np.rint(self.y[idx]).astype(int) - t.y0, 0, H - 1)
-                out["background"][idx] = bk[yi * W + xi]
+                nodes = np.concatenate([np.zeros(des["n_star"]), np.nan_to_num(b)])
+                out["background"][idx] = des["A"][yi * W + xi] @ nodes
             if want_model:
                 m = (des["A"] @ np.nan_to_num(sol)).reshape(H, W)
                 # the tile's core, clipped to the frame and to this engine's section
@@ -702,8 +701,10 @@ def _geometry_key(shape, x, y, psf) -> tuple:
 # engine built for that region alone, from the region's section of each frame; the per-frame catalogues
 # are then assembled from the regions' parts (rows in the reference's order). The result is the
 # whole-frame detector's catalogue, rows, columns and meta (tested), with memory bounded by the region.
+# (EPOCH is left out: an old alias of EQUINOX, metadata that does not enter the pixel <-> sky mapping, and
+# the simulator's epoch counter)
 _WCS_KEY = re.compile(r"^(WCSAXES|CTYPE|CRPIX|CRVAL|CDELT|CUNIT|CROTA|CD\d|PC\d|PV\d|PS\d|LONPOLE|LATPOLE|RADESYS|"
-                      r"RADECSYS|EQUINOX|EPOCH|A_|B_|AP_|BP_|CPDIS|CQDIS|DP\d|DQ\d|D2IM|NAXIS)")
+                      r"RADECSYS|EQUINOX|A_|B_|AP_|BP_|CPDIS|CQDIS|DP\d|DQ\d|D2IM|NAXIS)")
 
 
 def _wcs_fingerprint(header) -> str:
@@ -795,6 +796,18 @@ def frame_geometry(path, hdu=None) -> tuple[tuple[int, int], object] | None:
         return None
 
 
+def _read_section(hdu, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """``hdu``'s pixels [y0:y1, x0:x1]: a slice of the memory map for unscaled images (only those pages are
+    read), astropy's row-by-row ``section`` otherwise (scaled integers, compressed images)."""
+    from astropy.io.fits import CompImageHDU
+
+    h = hdu.header
+    if not isinstance(hdu, CompImageHDU) and float(h.get("BSCALE", 1)) == 1 and float(h.get("BZERO", 0)) == 0 \
+            and "BLANK" not in h:
+        return np.array(hdu.data[y0:y1, x0:x1])
+    return np.array(hdu.section[y0:y1, x0:x1])
+
+
 def read_frame_section(path, section: tuple[int, int, int, int], core: tuple[int, int, int, int] | None = None,
                        hdu=None, exptime: float | None = None, zp: float | None = None, rdnoise: float | None = None,
                        gain: float | None = None) -> FrameSection:
@@ -824,7 +837,7 @@ def read_frame_section(path, section: tuple[int, int, int, int], core: tuple[int
                 shape = tuple(int(v) for v in img.shape)
                 if len(shape) != 2 or min(shape) < 4 or y1 > shape[0] or x1 > shape[1]:
                     raise OSError("shape")
-                raw = np.array(img.section[y0:y1, x0:x1])
+                raw = _read_section(img, y0, y1, x0, x1)
                 header = hdul[0].header.copy()
                 if img is not hdul[0]:
                     header.update(img.header)
@@ -832,7 +845,7 @@ def read_frame_section(path, section: tuple[int, int, int, int], core: tuple[int
                 if "MASK" in hdul:
                     mask_shape = tuple(int(v) for v in hdul["MASK"].shape)
                     if mask_shape == shape:
-                        mask_in = np.array(hdul["MASK"].section[y0:y1, x0:x1])
+                        mask_in = _read_section(hdul["MASK"], y0, y1, x0, x1)
     except Exception:
         read_frame(path, hdu=hdu, **fkw)  # raises read_frame's own FrameError for this file
         raise
