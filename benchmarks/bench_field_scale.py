@@ -203,7 +203,7 @@ def compare(base: Path, a) -> dict:
 def unit_costs(what: str, run_dir: Path, n: int = 3, region_px: int = 1024) -> dict:
     """CPU seconds and peak RSS of the per-worker units at a run's frame size, in this process:
     ``forced`` (the whole-frame forced-photometry engine built from the series frame, then ``n`` frames),
-    ``forced_region`` (one region task of ``pipeline.forced.region_px``: the first region's engine built
+    ``forced_region`` (one region task of ``pipeline.forced.region_px``: the largest region's engine built
     from the series frame's section, then ``n`` frames' sections measured and their parts written) or
     ``sim`` (the field built, then ``n`` epochs rendered; the star operator is cached when it fits)."""
     import numpy as np
@@ -245,7 +245,7 @@ def unit_costs(what: str, run_dir: Path, n: int = 3, region_px: int = 1024) -> d
         det = ForcedPSFDetector(reference=run_dir / "run" / "reference" / "reference.ecsv", series_frame=str(frames[0]))
         shape = frame_geometry(frames[0])[0]
         regions = forced_regions(shape, det.kw["tile"], det.kw["overlap"], region_px)
-        r = regions[0]
+        r = max(regions, key=lambda q: (q.active[1] - q.active[0]) * (q.active[3] - q.active[2]))  # the largest task
         out["read_s"] = process_cpu_s() - c
         # the series' sky level: measured once by the client in a run (a whole-frame median), not by the task
         sf = read_frame(frames[0])

@@ -16,7 +16,10 @@ The ``dask:`` block (:class:`DaskConfig`) is the same in ``pipeline=field``, ``p
       local_directory: null   # workers' spill directory (default: the system temp directory)
 
 Where the work goes (``pipeline=field``): the frame stages (simulation, per-frame detection or forced
-photometry) are one task per frame; association is one task per frame to shard the catalogues by sky
+photometry) are one task per frame, except forced photometry of frames larger than
+``forced.region_px`` (default 2048): one task per (sky region x run of frames), each building only its
+region's engine from the frames' sections, then one task per frame assembling its catalogue
+(:func:`skyvar.detect.forced_psf.measure_by_region`; memory bounded by the region); association is one task per frame to shard the catalogues by sky
 tile and one task per tile to match them (:mod:`skyvar.lightcurves.associate`); light-curve features
 are one task per store partition. A task reads its own inputs (frame files, catalogue shards) from the
 shared file system and writes its own outputs atomically; the client ships only file names and small
