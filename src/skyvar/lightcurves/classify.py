@@ -312,7 +312,8 @@ def accuracy_vs_snr(snr: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> 
 
 def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out_dir: Path, tag: str,
                          class_pred: np.ndarray | None = None, classes: list[str] | None = None,
-                         p_baseline: np.ndarray | None = None, train_prior: float = 0.5) -> dict:
+                         p_baseline: np.ndarray | None = None, train_prior: float = 0.5,
+                         baseline_prior: float = float("nan")) -> dict:
     """Metrics and figures for one data set; ``tab`` has label, var_type, class_id, snr_lc(_total),
     mag, view_flag; ``p`` the pipeline-level p_periodic; ``p_baseline`` an optional peer's."""
     import matplotlib
@@ -336,6 +337,11 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
                                                                                "train_prior": train_prior}
     if p_baseline is not None:
         res["baseline_aux_gbdt"] = binary_metrics(y, np.nan_to_num(p_baseline, nan=0.0), 0.5)
+        okb = (tab["view_flag"].to_numpy() == 0) & np.isfinite(p_baseline)
+        if np.isfinite(baseline_prior) and okb.any():
+            pb_adj = np.nan_to_num(p_baseline, nan=0.0).copy()
+            pb_adj[okb], _ = prior_adjust(pb_adj[okb], baseline_prior)
+            res["baseline_aux_gbdt_prior_adjusted"] = binary_metrics(y, pb_adj, 0.5)
     yhat = pz >= threshold
     res["n_gated"] = int(((tab["view_flag"].to_numpy() & FLAG_NO_PERIOD) != 0).sum())
     res["n_unusable"] = int(((tab["view_flag"].to_numpy() & FLAG_TOO_FEW_POINTS) != 0).sum())
@@ -366,6 +372,14 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
         res[f"recall_snr_total_ge{cut:g}"] = float(yhat[s].mean()) if s.any() else float("nan")
         if yhat_adj is not None:
             res[f"recall_snr_total_ge{cut:g}_prior_adjusted"] = float(yhat_adj[s].mean()) if s.any() else float("nan")
+    # recall per host magnitude and accumulated S/N (prior-adjusted decisions where available)
+    from skyvar.evaluate.lightcurves import _recall_bins
+
+    found = yhat_adj if yhat_adj is not None else yhat
+    pos = y == 1
+    res["recall_by_mag"] = _recall_bins(tab["mag"].to_numpy(float), pos, found, (-np.inf, 22.0, 23.0, 24.0, 25.0))
+    res["recall_by_snr"] = _recall_bins(tab["snr_lc_total"].to_numpy(float), pos, found,
+                                        (0.0, 3.0, 5.0, 7.0, 10.0, 20.0, np.inf))
     if class_pred is not None and classes:
         from sklearn.metrics import confusion_matrix
 
@@ -472,16 +486,34 @@ def fit_aux_baseline(dm, seed: int = 0):
 
     from skyvar.lightcurves.views import AuxScaler
 
+    from skyvar.lightcurves.views import aux_names
+
     tab, arr = dm.split_arrays("train", gated_only=True)
-    scaler = AuxScaler().fit(arr["aux"])
+    scaler = AuxScaler(aux_names(dm.view_cfg)).fit(arr["aux"])
     clf = HistGradientBoostingClassifier(random_state=seed).fit(scaler.transform(arr["aux"]), tab["label"].to_numpy())
+    clf.train_prior_ = float(tab["label"].mean())  # its probabilities are calibrated at the training prior
     return scaler, clf
 
 
 def evaluate_datamodule(dm, predictor, out_dir: Path, tag: str, split: str | None = "test", baseline=None) -> dict:
     """Predict every light curve of ``split`` of a :class:`LightCurveViewsDataModule` and evaluate
-    (``baseline``: the (scaler, classifier) of :func:`fit_aux_baseline`, evaluated alongside)."""
+    (``baseline``: the (scaler, classifier) of :func:`fit_aux_baseline`, evaluated alongside). A data
+    set of several origins (``origin`` column: measured fields, truth-noise curves) is evaluated as a
+    whole and per origin (``metrics_<tag>_<origin>.json``); the returned dict has the per-origin
+    results under ``by_origin``."""
     tab, arr = dm.split_arrays(split)
+    if "origin" in tab.columns and tab["origin"].nunique() > 1:
+        res = _evaluate_rows(tab, arr, predictor, out_dir, tag, baseline)
+        res["by_origin"] = {}
+        for origin, g in tab.groupby("origin"):
+            idx = g.index.to_numpy()
+            res["by_origin"][origin] = _evaluate_rows(g.reset_index(drop=True), {k: v[idx] for k, v in arr.items()},
+                                                      predictor, out_dir, f"{tag}_{origin}", baseline)
+        return res
+    return _evaluate_rows(tab, arr, predictor, out_dir, tag, baseline)
+
+
+def _evaluate_rows(tab, arr, predictor, out_dir, tag, baseline) -> dict:
     out = predictor.predict(arr["global_view"], arr["local_view"], arr["aux"])
     p = decisions(out["p_periodic"], tab["view_flag"].to_numpy())
     cls = None
@@ -492,7 +524,8 @@ def evaluate_datamodule(dm, predictor, out_dir: Path, tag: str, split: str | Non
         scaler, clf = baseline
         pb = decisions(clf.predict_proba(scaler.transform(arr["aux"]))[:, 1], tab["view_flag"].to_numpy())
     return evaluate_predictions(tab, p, predictor.threshold, out_dir, tag, cls, predictor.classes, pb,
-                                predictor.train_prior)
+                                predictor.train_prior,
+                                getattr(baseline[1], "train_prior_", float("nan")) if baseline else float("nan"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -531,12 +564,15 @@ def main(argv: list[str] | None = None) -> int:
         if diff:
             log.warning("data %s builds views differently from the training (%s)", name, diff)
         results[name] = evaluate_datamodule(dm, predictor, out_dir, name, "test", baseline)
-        for key, label in (("binary", "astronet"), ("binary_prior_adjusted", "astronet, prior-adjusted"),
-                           ("baseline_aux_gbdt", "BLS-features GBDT")):
-            if key in results[name]:
-                b = results[name][key]
-                print(f"{name} [{label}]: n={b['n']} periodic={b['n_pos']} precision={b['precision']:.4f} "
-                      f"recall={b['recall']:.4f} accuracy={b['accuracy']:.4f} AUC={b['auc']:.4f}")
+        blocks = [(name, results[name])] + [(f"{name}/{o}", r) for o, r in results[name].get("by_origin", {}).items()]
+        for nm, r in blocks:
+            for key, label in (("binary", "astronet, raw"), ("binary_prior_adjusted", "astronet, prior-adjusted"),
+                               ("baseline_aux_gbdt", "BLS-features GBDT, raw"),
+                               ("baseline_aux_gbdt_prior_adjusted", "BLS-features GBDT, prior-adjusted")):
+                if key in r:
+                    b = r[key]
+                    print(f"{nm} [{label}]: n={b['n']} periodic={b['n_pos']} precision={b['precision']:.4f} "
+                          f"recall={b['recall']:.4f} accuracy={b['accuracy']:.4f} AUC={b['auc']:.4f}")
     return 0
 
 
