@@ -484,9 +484,7 @@ def fit_aux_baseline(dm, seed: int = 0):
     features of the training split behind the same BLS gate."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from skyvar.lightcurves.views import AuxScaler
-
-    from skyvar.lightcurves.views import aux_names
+    from skyvar.lightcurves.views import AuxScaler, aux_names
 
     tab, arr = dm.split_arrays("train", gated_only=True)
     scaler = AuxScaler(aux_names(dm.view_cfg)).fit(arr["aux"])
