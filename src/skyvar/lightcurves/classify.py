@@ -218,25 +218,20 @@ class AstronetStage:
         return features
 
     def _plots(self, features: pd.DataFrame, out_dir: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         from skyvar.utils.atomic import savefig_atomic
+        from skyvar.utils.plotting import subplots
 
         pdir = Path(out_dir) / "plots" / self.name
         if "p_periodic" in features.columns:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
+            fig, ax = subplots(figsize=(5, 3.5))
             p = features["p_periodic"].to_numpy(float)
             ax.hist(p[np.isfinite(p)], bins=50, log=True)
             ax.set_xlabel("p_periodic")
             ax.set_ylabel("light curves")
             savefig_atomic(fig, pdir / "p_periodic_hist.png")
-            plt.close(fig)
         if self._examples:
             n = len(self._examples)
-            fig, axes = plt.subplots(n, 2, figsize=(8, 1.4 * n), squeeze=False)
+            fig, axes = subplots(n, 2, figsize=(8, 1.4 * n), squeeze=False)
             for ax, e in zip(axes, self._examples):
                 ax[0].plot(e["global"], lw=0.8)
                 ax[0].set_ylabel(f"{e['source_id']}", fontsize=6)
@@ -246,7 +241,6 @@ class AstronetStage:
             axes[-1][1].set_xlabel("local view bin")
             fig.tight_layout()
             savefig_atomic(fig, pdir / "candidates.png")
-            plt.close(fig)
 
 
 def prior_adjust(p: np.ndarray, train_prior: float = 0.5, n_iter: int = 200, tol: float = 1e-8) -> tuple[np.ndarray, float]:
@@ -316,13 +310,10 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
                          baseline_prior: float = float("nan")) -> dict:
     """Metrics and figures for one data set; ``tab`` has label, var_type, class_id, snr_lc(_total),
     mag, view_flag; ``p`` the pipeline-level p_periodic; ``p_baseline`` an optional peer's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     from skyvar.utils.atomic import savefig_atomic, write_json_atomic
+    from skyvar.utils.plotting import subplots
 
     out_dir = Path(out_dir)
     y = tab["label"].to_numpy().astype(int)
@@ -392,7 +383,7 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     panels = [(f"threshold {threshold:.2g}", res["binary"])]
     if "binary_prior_adjusted" in res:
         panels.append(("prior-adjusted (EM, no labels)", res["binary_prior_adjusted"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.5), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(3.9 * len(panels), 3.5), squeeze=False)
     for ax, (title, bm) in zip(axes[0], panels):
         cmx = np.array(bm["confusion"])
         frac = cmx / cmx.sum(1, keepdims=True).clip(1)
@@ -408,10 +399,9 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     fig.suptitle(tag, fontsize=9)
     fig.tight_layout()
     savefig_atomic(fig, out_dir / f"confusion_{tag}.png")
-    plt.close(fig)
     b = res["binary"]
 
-    fig, axs = plt.subplots(1, 2, figsize=(8, 3.5))
+    fig, axs = subplots(1, 2, figsize=(8, 3.5))
     if 0 < y.sum() < len(y):
         fpr, tpr, _ = roc_curve(y, pz)
         axs[0].plot(fpr, tpr, label=f"Astronet, AUC = {b['auc']:.3f}")
@@ -439,9 +429,8 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     fig.suptitle(tag, fontsize=9)
     fig.tight_layout()
     savefig_atomic(fig, out_dir / f"roc_{tag}.png")
-    plt.close(fig)
 
-    fig, axs = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axs = subplots(1, 2, figsize=(9, 3.5))
     for ax, a, xl in ((axs[0], acc, "light-curve S/N, eq. 5: rms(signal) / rms(noise) per epoch"),
                       (axs[1], acc_t, "accumulated S/N = sqrt(N) x eq. 5")):
         ok = a["n"] > 0
@@ -459,11 +448,10 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     fig.suptitle(f"{tag}: transit accuracy versus S/N", fontsize=9)
     fig.tight_layout()
     savefig_atomic(fig, out_dir / f"transit_accuracy_vs_snr_{tag}.png")
-    plt.close(fig)
 
     if "multiclass_confusion" in res:
         cm = np.array(res["multiclass_confusion"])
-        fig, ax = plt.subplots(figsize=(4.6, 4))
+        fig, ax = subplots(figsize=(4.6, 4))
         frac = cm / cm.sum(1, keepdims=True).clip(1)
         ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(cm):
@@ -474,7 +462,6 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
         ax.set_ylabel("true")
         ax.set_title(f"{tag}: multi-class head, accuracy {res['multiclass_accuracy']:.3f}", fontsize=8)
         savefig_atomic(fig, out_dir / f"multiclass_{tag}.png")
-        plt.close(fig)
     write_json_atomic(out_dir / f"metrics_{tag}.json", res)
     return res
 
