@@ -102,10 +102,8 @@ class TimeSeriesTruth:
         ep = self.frames["epoch"].to_numpy()[order][i]
         return np.where(np.abs(fs[i] - mjd) <= tol, ep, -1)
 
-    def match_sources(self, sources: pd.DataFrame, radius: float = 1.0) -> pd.DataFrame:
-        """One-to-one nearest-truth match of source anchors (x, y; first frame's pointing removed)."""
-        from scipy.spatial import cKDTree
-
+    def _truth_xy(self, sources: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Source anchors in the truth frame (first frame's pointing offset removed)."""
         x = sources["x"].to_numpy(float).copy()
         y = sources["y"].to_numpy(float).copy()
         if self.frames is not None and "first_frame" in sources:
@@ -113,6 +111,53 @@ class TimeSeriesTruth:
             d = off.reindex(sources["first_frame"].astype(str)).fillna(0.0).to_numpy(float)
             x -= d[:, 0]
             y -= d[:, 1]
+        return x, y
+
+    def signal_rematch(self, match: pd.DataFrame, sources: pd.DataFrame, period: np.ndarray, radius: float = 1.0,
+                       rtol: float = 0.02) -> pd.DataFrame:
+        """The one-to-one match with unresolved blends resolved by the signal: a source whose nearest
+        truth star is constant (or none) but which has, within ``radius`` px, a variable whose true
+        period agrees with the source's BLS ``period`` (ratio 1, 2 or 1/2 within ``rtol``) and that no
+        other source is matched to, is matched to that variable instead. ``sources`` and ``period`` are
+        aligned with ``match`` rows. Returns a copy of ``match`` (``truth_row``, ``rematched``)."""
+        from scipy.spatial import cKDTree
+
+        out = match[["source_id", "truth_row"]].copy()
+        out["rematched"] = False
+        t = self.table
+        isvar = (t["var_type"].astype(str) != "constant").to_numpy() & np.isfinite(t["period"].to_numpy(float))
+        if not isvar.any():
+            return out
+        vrows = np.flatnonzero(isvar)
+        tree = cKDTree(np.c_[t["x"].to_numpy(float)[vrows], t["y"].to_numpy(float)[vrows]])
+        x, y = self._truth_xy(sources)
+        tr = out["truth_row"].to_numpy().copy()
+        taken = set(tr[tr >= 0].tolist())
+        P = np.asarray(period, float)
+        cur_const = (tr < 0) | ~isvar[np.maximum(tr, 0)]
+        for i in np.flatnonzero(cur_const & np.isfinite(P) & np.isfinite(x) & np.isfinite(y)):
+            best, bd = -1, np.inf
+            for k in tree.query_ball_point([x[i], y[i]], radius):
+                r = vrows[k]
+                ratio = P[i] / t["period"].to_numpy(float)[r]
+                if r in taken or not any(abs(ratio - h) < rtol * h for h in (1.0, 2.0, 0.5)):
+                    continue
+                d = np.hypot(x[i] - t["x"].to_numpy(float)[r], y[i] - t["y"].to_numpy(float)[r])
+                if d < bd:
+                    best, bd = r, d
+            if best >= 0:
+                taken.discard(tr[i])
+                tr[i] = best
+                taken.add(best)
+                out.iloc[i, out.columns.get_loc("rematched")] = True
+        out["truth_row"] = tr
+        return out
+
+    def match_sources(self, sources: pd.DataFrame, radius: float = 1.0) -> pd.DataFrame:
+        """One-to-one nearest-truth match of source anchors (x, y; first frame's pointing removed)."""
+        from scipy.spatial import cKDTree
+
+        x, y = self._truth_xy(sources)
         tx, ty = self.table["x"].to_numpy(float), self.table["y"].to_numpy(float)
         tree = cKDTree(np.c_[tx, ty])
         ok = np.isfinite(x) & np.isfinite(y)

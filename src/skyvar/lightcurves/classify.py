@@ -218,25 +218,20 @@ class AstronetStage:
         return features
 
     def _plots(self, features: pd.DataFrame, out_dir: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         from skyvar.utils.atomic import savefig_atomic
+        from skyvar.utils.plotting import subplots
 
         pdir = Path(out_dir) / "plots" / self.name
         if "p_periodic" in features.columns:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
+            fig, ax = subplots(figsize=(5, 3.5))
             p = features["p_periodic"].to_numpy(float)
             ax.hist(p[np.isfinite(p)], bins=50, log=True)
             ax.set_xlabel("p_periodic")
             ax.set_ylabel("light curves")
             savefig_atomic(fig, pdir / "p_periodic_hist.png")
-            plt.close(fig)
         if self._examples:
             n = len(self._examples)
-            fig, axes = plt.subplots(n, 2, figsize=(8, 1.4 * n), squeeze=False)
+            fig, axes = subplots(n, 2, figsize=(8, 1.4 * n), squeeze=False)
             for ax, e in zip(axes, self._examples):
                 ax[0].plot(e["global"], lw=0.8)
                 ax[0].set_ylabel(f"{e['source_id']}", fontsize=6)
@@ -246,7 +241,6 @@ class AstronetStage:
             axes[-1][1].set_xlabel("local view bin")
             fig.tight_layout()
             savefig_atomic(fig, pdir / "candidates.png")
-            plt.close(fig)
 
 
 def prior_adjust(p: np.ndarray, train_prior: float = 0.5, n_iter: int = 200, tol: float = 1e-8) -> tuple[np.ndarray, float]:
@@ -312,16 +306,14 @@ def accuracy_vs_snr(snr: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> 
 
 def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out_dir: Path, tag: str,
                          class_pred: np.ndarray | None = None, classes: list[str] | None = None,
-                         p_baseline: np.ndarray | None = None, train_prior: float = 0.5) -> dict:
+                         p_baseline: np.ndarray | None = None, train_prior: float = 0.5,
+                         baseline_prior: float = float("nan")) -> dict:
     """Metrics and figures for one data set; ``tab`` has label, var_type, class_id, snr_lc(_total),
     mag, view_flag; ``p`` the pipeline-level p_periodic; ``p_baseline`` an optional peer's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     from skyvar.utils.atomic import savefig_atomic, write_json_atomic
+    from skyvar.utils.plotting import subplots
 
     out_dir = Path(out_dir)
     y = tab["label"].to_numpy().astype(int)
@@ -336,6 +328,11 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
                                                                                "train_prior": train_prior}
     if p_baseline is not None:
         res["baseline_aux_gbdt"] = binary_metrics(y, np.nan_to_num(p_baseline, nan=0.0), 0.5)
+        okb = (tab["view_flag"].to_numpy() == 0) & np.isfinite(p_baseline)
+        if np.isfinite(baseline_prior) and okb.any():
+            pb_adj = np.nan_to_num(p_baseline, nan=0.0).copy()
+            pb_adj[okb], _ = prior_adjust(pb_adj[okb], baseline_prior)
+            res["baseline_aux_gbdt_prior_adjusted"] = binary_metrics(y, pb_adj, 0.5)
     yhat = pz >= threshold
     res["n_gated"] = int(((tab["view_flag"].to_numpy() & FLAG_NO_PERIOD) != 0).sum())
     res["n_unusable"] = int(((tab["view_flag"].to_numpy() & FLAG_TOO_FEW_POINTS) != 0).sum())
@@ -366,6 +363,14 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
         res[f"recall_snr_total_ge{cut:g}"] = float(yhat[s].mean()) if s.any() else float("nan")
         if yhat_adj is not None:
             res[f"recall_snr_total_ge{cut:g}_prior_adjusted"] = float(yhat_adj[s].mean()) if s.any() else float("nan")
+    # recall per host magnitude and accumulated S/N (prior-adjusted decisions where available)
+    from skyvar.evaluate.lightcurves import _recall_bins
+
+    found = yhat_adj if yhat_adj is not None else yhat
+    pos = y == 1
+    res["recall_by_mag"] = _recall_bins(tab["mag"].to_numpy(float), pos, found, (-np.inf, 22.0, 23.0, 24.0, 25.0))
+    res["recall_by_snr"] = _recall_bins(tab["snr_lc_total"].to_numpy(float), pos, found,
+                                        (0.0, 3.0, 5.0, 7.0, 10.0, 20.0, np.inf))
     if class_pred is not None and classes:
         from sklearn.metrics import confusion_matrix
 
@@ -378,7 +383,7 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     panels = [(f"threshold {threshold:.2g}", res["binary"])]
     if "binary_prior_adjusted" in res:
         panels.append(("prior-adjusted (EM, no labels)", res["binary_prior_adjusted"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.5), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(3.9 * len(panels), 3.5), squeeze=False)
     for ax, (title, bm) in zip(axes[0], panels):
         cmx = np.array(bm["confusion"])
         frac = cmx / cmx.sum(1, keepdims=True).clip(1)
@@ -394,10 +399,9 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     fig.suptitle(tag, fontsize=9)
     fig.tight_layout()
     savefig_atomic(fig, out_dir / f"confusion_{tag}.png")
-    plt.close(fig)
     b = res["binary"]
 
-    fig, axs = plt.subplots(1, 2, figsize=(8, 3.5))
+    fig, axs = subplots(1, 2, figsize=(8, 3.5))
     if 0 < y.sum() < len(y):
         fpr, tpr, _ = roc_curve(y, pz)
         axs[0].plot(fpr, tpr, label=f"Astronet, AUC = {b['auc']:.3f}")
@@ -425,9 +429,8 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     fig.suptitle(tag, fontsize=9)
     fig.tight_layout()
     savefig_atomic(fig, out_dir / f"roc_{tag}.png")
-    plt.close(fig)
 
-    fig, axs = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axs = subplots(1, 2, figsize=(9, 3.5))
     for ax, a, xl in ((axs[0], acc, "light-curve S/N, eq. 5: rms(signal) / rms(noise) per epoch"),
                       (axs[1], acc_t, "accumulated S/N = sqrt(N) x eq. 5")):
         ok = a["n"] > 0
@@ -445,11 +448,10 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
     fig.suptitle(f"{tag}: transit accuracy versus S/N", fontsize=9)
     fig.tight_layout()
     savefig_atomic(fig, out_dir / f"transit_accuracy_vs_snr_{tag}.png")
-    plt.close(fig)
 
     if "multiclass_confusion" in res:
         cm = np.array(res["multiclass_confusion"])
-        fig, ax = plt.subplots(figsize=(4.6, 4))
+        fig, ax = subplots(figsize=(4.6, 4))
         frac = cm / cm.sum(1, keepdims=True).clip(1)
         ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(cm):
@@ -460,7 +462,6 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
         ax.set_ylabel("true")
         ax.set_title(f"{tag}: multi-class head, accuracy {res['multiclass_accuracy']:.3f}", fontsize=8)
         savefig_atomic(fig, out_dir / f"multiclass_{tag}.png")
-        plt.close(fig)
     write_json_atomic(out_dir / f"metrics_{tag}.json", res)
     return res
 
@@ -470,18 +471,34 @@ def fit_aux_baseline(dm, seed: int = 0):
     features of the training split behind the same BLS gate."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from skyvar.lightcurves.views import AuxScaler
+    from skyvar.lightcurves.views import AuxScaler, aux_names
 
     tab, arr = dm.split_arrays("train", gated_only=True)
-    scaler = AuxScaler().fit(arr["aux"])
+    scaler = AuxScaler(aux_names(dm.view_cfg)).fit(arr["aux"])
     clf = HistGradientBoostingClassifier(random_state=seed).fit(scaler.transform(arr["aux"]), tab["label"].to_numpy())
+    clf.train_prior_ = float(tab["label"].mean())  # its probabilities are calibrated at the training prior
     return scaler, clf
 
 
 def evaluate_datamodule(dm, predictor, out_dir: Path, tag: str, split: str | None = "test", baseline=None) -> dict:
     """Predict every light curve of ``split`` of a :class:`LightCurveViewsDataModule` and evaluate
-    (``baseline``: the (scaler, classifier) of :func:`fit_aux_baseline`, evaluated alongside)."""
+    (``baseline``: the (scaler, classifier) of :func:`fit_aux_baseline`, evaluated alongside). A data
+    set of several origins (``origin`` column: measured fields, truth-noise curves) is evaluated as a
+    whole and per origin (``metrics_<tag>_<origin>.json``); the returned dict has the per-origin
+    results under ``by_origin``."""
     tab, arr = dm.split_arrays(split)
+    if "origin" in tab.columns and tab["origin"].nunique() > 1:
+        res = _evaluate_rows(tab, arr, predictor, out_dir, tag, baseline)
+        res["by_origin"] = {}
+        for origin, g in tab.groupby("origin"):
+            idx = g.index.to_numpy()
+            res["by_origin"][origin] = _evaluate_rows(g.reset_index(drop=True), {k: v[idx] for k, v in arr.items()},
+                                                      predictor, out_dir, f"{tag}_{origin}", baseline)
+        return res
+    return _evaluate_rows(tab, arr, predictor, out_dir, tag, baseline)
+
+
+def _evaluate_rows(tab, arr, predictor, out_dir, tag, baseline) -> dict:
     out = predictor.predict(arr["global_view"], arr["local_view"], arr["aux"])
     p = decisions(out["p_periodic"], tab["view_flag"].to_numpy())
     cls = None
@@ -492,7 +509,8 @@ def evaluate_datamodule(dm, predictor, out_dir: Path, tag: str, split: str | Non
         scaler, clf = baseline
         pb = decisions(clf.predict_proba(scaler.transform(arr["aux"]))[:, 1], tab["view_flag"].to_numpy())
     return evaluate_predictions(tab, p, predictor.threshold, out_dir, tag, cls, predictor.classes, pb,
-                                predictor.train_prior)
+                                predictor.train_prior,
+                                getattr(baseline[1], "train_prior_", float("nan")) if baseline else float("nan"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -531,12 +549,15 @@ def main(argv: list[str] | None = None) -> int:
         if diff:
             log.warning("data %s builds views differently from the training (%s)", name, diff)
         results[name] = evaluate_datamodule(dm, predictor, out_dir, name, "test", baseline)
-        for key, label in (("binary", "astronet"), ("binary_prior_adjusted", "astronet, prior-adjusted"),
-                           ("baseline_aux_gbdt", "BLS-features GBDT")):
-            if key in results[name]:
-                b = results[name][key]
-                print(f"{name} [{label}]: n={b['n']} periodic={b['n_pos']} precision={b['precision']:.4f} "
-                      f"recall={b['recall']:.4f} accuracy={b['accuracy']:.4f} AUC={b['auc']:.4f}")
+        blocks = [(name, results[name])] + [(f"{name}/{o}", r) for o, r in results[name].get("by_origin", {}).items()]
+        for nm, r in blocks:
+            for key, label in (("binary", "astronet, raw"), ("binary_prior_adjusted", "astronet, prior-adjusted"),
+                               ("baseline_aux_gbdt", "BLS-features GBDT, raw"),
+                               ("baseline_aux_gbdt_prior_adjusted", "BLS-features GBDT, prior-adjusted")):
+                if key in r:
+                    b = r[key]
+                    print(f"{nm} [{label}]: n={b['n']} periodic={b['n_pos']} precision={b['precision']:.4f} "
+                          f"recall={b['recall']:.4f} accuracy={b['accuracy']:.4f} AUC={b['auc']:.4f}")
     return 0
 
 

@@ -41,7 +41,7 @@ CANDIDATE_COLUMNS = (
 )
 
 #: Defaults of ``candidates.blends`` (:func:`skyvar.lightcurves.blends.attribute_blends`).
-BLEND_DEFAULTS = {"enabled": True, "radius_px": 4.0, "period_rtol": 0.01, "harmonics": True, "min_depth_snr": 3.0}
+BLEND_DEFAULTS = {"enabled": True, "radius_px": 4.0, "period_rtol": 0.01, "harmonics": True, "min_depth_snr": 5.0}
 
 
 def build_candidates(features: pd.DataFrame, sources: pd.DataFrame, blended: pd.DataFrame | None, threshold: float,
