@@ -218,8 +218,8 @@ class FieldPipeline:
             series = ref_rec.get("series_frame") or str(files[0])
             phot_detector = ForcedPSFDetector(**{"name": f"{name}+forced_psf", **fc, "series_frame": series})
             phot_detector.set_reference(ref_path)
-            phot_cfg = {"forced": {k: v for k, v in self.forced_cfg.items() if k not in regions}, "reference": self._hash("reference"), "name": phot_detector.name,
-                        "series_frame": series}
+            phot_cfg = {"forced": {k: v for k, v in self.forced_cfg.items() if k not in regions},
+                        "reference": self._hash("reference"), "name": phot_detector.name, "series_frame": series}
             # what a Dask worker builds (once) instead of receiving the object
             phot_spec = {"_target_": "skyvar.detect.forced_psf.ForcedPSFDetector", "name": phot_detector.name,
                          **fc, "series_frame": series, "reference": str(ref_path)}
