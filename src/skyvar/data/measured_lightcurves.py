@@ -12,7 +12,8 @@ truth-noise curves (option (a)) and augmented with the systematics measured curv
    are labelled by their nearest truth star within ``match_radius_pix`` (unmatched = spurious
    detections, non-periodic); the accumulated light-curve S/N of the truth star (the dense-field
    paper's eq. 5, :meth:`skyvar.evaluate.lightcurves.TimeSeriesTruth.lightcurve_snr_total`) is kept
-   for per-regime scoring. Use seeds that differ from every evaluation field: a seed is a separate
+   for per-regime scoring. An entry ``{sim_dir: D}`` measures a series simulated before (frames and
+   truth in ``D``, e.g. an end-to-end run's) instead of simulating one. Use seeds that differ from every evaluation field: a seed is a separate
    patch of sky (positions, magnitudes, variables are all drawn from it).
 2. **Truth-noise curves** (``mix``: the keys of ``conf/data/csst_lightcurves.yaml``'s ``sim``, or null)
    with ``augment`` applied before the views are built (:func:`augment_batch`): per-epoch zero-point
@@ -111,11 +112,20 @@ def build_measured_field(field: dict, out_dir: str | Path, detector: str = "pnet
     paths = {"store": run_dir / "associate" / "store", "labels": labels_path, "sim": sim_dir, "run": run_dir}
     if labels_path.exists():
         return paths
-    if field.get("out_dir"):  # frames simulated elsewhere (e.g. shared by several data sets)
-        sim_dir = Path(field["out_dir"])
-        paths["sim"] = sim_dir
-    cfg = config_from_dotlist(FieldSimConfig, base={**dict(field), "out_dir": str(sim_dir)})
-    simulate_field_to_disk(cfg, progress=progress)
+    field = dict(field)
+    existing = field.pop("sim_dir", None)
+    if existing:  # a series simulated before (e.g. by an end-to-end run): used as it is, not re-simulated
+        sim_dir = Path(existing)
+        if not (sim_dir / "truth.ecsv").exists() or not (sim_dir / "frames").is_dir():
+            raise FileNotFoundError(f"sim_dir={sim_dir}: no truth.ecsv and frames/ (a simulated series) there")
+        n_ep = len(list((sim_dir / "frames").glob("*.fits")))
+    else:
+        if field.get("out_dir"):  # frames simulated elsewhere (e.g. shared by several data sets)
+            sim_dir = Path(field["out_dir"])
+        cfg = config_from_dotlist(FieldSimConfig, base={**field, "out_dir": str(sim_dir)})
+        simulate_field_to_disk(cfg, progress=progress)
+        n_ep = int(cfg.n_epochs)
+    paths["sim"] = sim_dir
     # photometry + association only: the light-curve stages are the classifier's business here
     stages = ["indices", "excess", "flares", "periodogram", "astronet"]
     run_pipeline("field", f"detector={detector}", *[f"pipeline.lightcurves.stages.{s}=null" for s in stages],
@@ -128,7 +138,6 @@ def build_measured_field(field: dict, out_dir: str | Path, detector: str = "pnet
     row = tr._row.reindex(lab["truth_id"].to_numpy()).to_numpy()
     ok = np.isfinite(row)
     lab["snr_lc_total"] = np.where(ok, snr_tot[np.where(ok, row, 0).astype(int)], np.nan)
-    n_ep = int(cfg.n_epochs)
     lab["snr_lc"] = lab["snr_lc_total"] / np.sqrt(n_ep)
     xy = sources.set_index("source_id")[["x", "y"]].reindex(lab["source_id"].to_numpy())
     lab["x"], lab["y"] = xy["x"].to_numpy(), xy["y"].to_numpy()
