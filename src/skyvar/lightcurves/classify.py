@@ -368,7 +368,8 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
 
     found = yhat_adj if yhat_adj is not None else yhat
     pos = y == 1
-    res["recall_by_mag"] = _recall_bins(tab["mag"].to_numpy(float), pos, found, (-np.inf, 22.0, 23.0, 24.0, 25.0))
+    if "mag" in tab.columns:
+        res["recall_by_mag"] = _recall_bins(tab["mag"].to_numpy(float), pos, found, (-np.inf, 22.0, 23.0, 24.0, 25.0))
     res["recall_by_snr"] = _recall_bins(tab["snr_lc_total"].to_numpy(float), pos, found,
                                         (0.0, 3.0, 5.0, 7.0, 10.0, 20.0, np.inf))
     if class_pred is not None and classes:

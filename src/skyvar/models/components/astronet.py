@@ -9,7 +9,8 @@ adapted by the dense-field paper (§4.2, Figure 10):
   pool 7 / stride 2 → 32 × 11 (the Astronet-Triage settings);
 - with ``local_channels = 4`` (views built with ``ViewConfig.vetting``) the local column reads the
   primary, secondary-eclipse, odd-event and even-event local views as channels;
-- the flattened columns are concatenated with the (standardised) auxiliary features and pass through
+- the flattened columns are concatenated with the (standardised) auxiliary features (and, with
+  ``aux_hidden > 0``, their representation by a 2-layer MLP of that width) and pass through
   ``fc_layers`` fully connected layers of ``fc_width`` units (ReLU, dropout) — the "pre-logits" —
   to one logit for periodic versus non-periodic (sigmoid at inference) and, optionally, a
   multi-class head (``n_classes`` logits; e.g. constant / EB / transit / pulsator / flare).
@@ -51,15 +52,21 @@ class AstronetCNN(nn.Module):
                  local_blocks: int = 2, convs_per_block: int = 2, kernel_size: int = 5, initial_filters: int = 16,
                  filter_factor: float = 2.0, global_pool: tuple[int, int] = (5, 2), local_pool: tuple[int, int] = (7, 2),
                  fc_layers: int = 4, fc_width: int = 512, dropout: float = 0.0, n_classes: int = 0,
-                 local_channels: int = 1):
+                 local_channels: int = 1, aux_hidden: int = 0):
         super().__init__()
         self.global_bins, self.local_bins, self.n_aux = global_bins, local_bins, n_aux
         self.local_channels = int(local_channels)
+        # an aux tower gives the few scalar features a representation of their own before they meet the
+        # ~1000 convolutional features (otherwise they are a handful of inputs among many)
+        self.aux_tower = (nn.Sequential(nn.Linear(n_aux, aux_hidden), nn.ReLU(inplace=True),
+                                        nn.Linear(aux_hidden, aux_hidden), nn.ReLU(inplace=True))
+                          if aux_hidden and n_aux else None)
         self.global_column = ViewColumn(global_bins, global_blocks, convs_per_block, kernel_size, initial_filters,
                                         filter_factor, *global_pool)
         self.local_column = ViewColumn(local_bins, local_blocks, convs_per_block, kernel_size, initial_filters,
                                        filter_factor, *local_pool, in_channels=self.local_channels)
-        n_in = self.global_column.out_features + self.local_column.out_features + n_aux
+        n_in = self.global_column.out_features + self.local_column.out_features + (
+            n_aux + aux_hidden if self.aux_tower is not None else n_aux)
         fc: list[nn.Module] = []
         for _ in range(fc_layers):
             fc += [nn.Linear(n_in, fc_width), nn.ReLU(inplace=True)]
@@ -81,6 +88,8 @@ class AstronetCNN(nn.Module):
             if aux is None:
                 raise ValueError(f"AstronetCNN was built with n_aux={self.n_aux} auxiliary features; got none")
             parts.append(aux)
+            if self.aux_tower is not None:
+                parts.append(self.aux_tower(aux))
         h = self.pre_logits(torch.cat(parts, dim=1))
         out = {"logit": self.head(h).squeeze(-1)}
         if self.class_head is not None:
