@@ -613,11 +613,13 @@ def _load_curve(store, source_id: int) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------ comparison
-def compare_runs(runs: dict[str, str | Path], truth: str | Path, out_dir: str | Path, score: str = "p_periodic",
+def compare_runs(runs: dict[str, str | Path], truth: str | Path, out_dir: str | Path, score: str = "auto",
                  threshold: float | None = None) -> dict:
     """Side-by-side light-curve evaluation of field-pipeline runs (``D`` of ``pipeline=field``): the
     scatter-versus-magnitude figure, confusion matrices (Figure 11) and example light curves with the
-    truth (Figure 13); ``comparison.md`` and ``comparison.json`` hold the numbers."""
+    truth (Figure 13); ``comparison.md`` and ``comparison.json`` hold the numbers. ``score="auto"``
+    scores each run on its periodic decision (``p_periodic_final``: prior-adjusted, blend-attributed)
+    where the candidate table has it, else on ``p_periodic``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tr = TimeSeriesTruth(truth)
@@ -639,9 +641,12 @@ def compare_runs(runs: dict[str, str | Path], truth: str | Path, out_dir: str | 
             from astropy.table import Table
 
             c = Table.read(cand).to_pandas()
-            if score in c and np.isfinite(c[score].to_numpy(float)).any():
+            sc = score
+            if sc == "auto":
+                sc = "p_periodic_final" if "p_periodic_final" in c else "p_periodic"
+            if sc in c and np.isfinite(c[sc].to_numpy(float)).any():
                 thr = threshold if threshold is not None else float(Table.read(cand).meta.get("p_periodic_threshold", 0.5))
-                reports[name] = classification_report(c, stats[name], tr, score=score, threshold=thr,
+                reports[name] = classification_report(c, stats[name], tr, score=sc, threshold=thr,
                                                       snr_total=snr_tot)
     noise = noise_params(tr)
     plot_scatter_vs_mag(stats, out / "scatter_vs_mag.png", noise)

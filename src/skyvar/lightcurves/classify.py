@@ -37,7 +37,8 @@ In ``conf/pipeline/lightcurves.yaml`` (``stages:``)::
 
 **Evaluation.** ``python -m skyvar.lightcurves.classify evaluate checkpoint=<ckpt>
 data=csst_lightcurves,csst_lightcurves_paper out_dir=docs/figures/astronet`` composes each named
-``conf/data`` config, predicts every light curve of its test split (rows behind the BLS gate count as
+``conf/data`` config (views built with the checkpoint's own view settings; ``views_from_checkpoint=false``
+keeps the data config's), predicts every light curve of its test split (rows behind the BLS gate count as
 predicted non-periodic, as in a real pipeline), evaluates beside it a peer without views (gradient
 boosted trees on the same BLS/auxiliary features, trained on ``baseline=csst_lightcurves``'s training
 split; ``baseline=none`` skips it) and writes per data set ``metrics_<data>.json``,
@@ -533,11 +534,21 @@ def main(argv: list[str] | None = None) -> int:
     from skyvar.utils.config import compose_config
 
     baseline_data = kv.pop("baseline", "csst_lightcurves")  # training data of the BLS-features peer; "none" = off
+    kv_views_from_ckpt = str(kv.pop("views_from_checkpoint", "true")).lower() in ("1", "true", "yes")
     extra = [f"{k}={v}" for k, v in kv.items()]
     predictor = load_astronet(ckpt, device=resolve_device(device))
 
+    trained_views = {k: v for k, v in predictor.views.items() if k not in ("device", "chunk_size", "bls_chunk", "num_threads")}
+
     def datamodule(name):
+        from omegaconf import open_dict
+
         cfg = compose_config("train", [f"data={name}", "logger=none", "paths.output_dir=.", *extra])
+        if kv_views_from_ckpt:
+            # the views the checkpoint was trained on (vetting channels, BLS gate, ...), whatever the data
+            # config says: a model must be scored on the inputs it expects
+            with open_dict(cfg):
+                cfg.data.views = {**dict(cfg.data.get("views") or {}), **trained_views}
         return instantiate(cfg.data)
 
     baseline = fit_aux_baseline(datamodule(baseline_data)) if baseline_data != "none" else None
