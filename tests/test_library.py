@@ -85,6 +85,22 @@ def test_a_checkpoint_that_does_not_match_its_card_is_refused(monkeypatch):
         registry.checkpoint_path("no-such-model")
 
 
+def test_update_card_sha256_rewrites_the_line_and_nothing_else(monkeypatch, tmp_path):
+    from skyvar.models import registry
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "m.pt").write_bytes(b"weights")
+    card = tmp_path / "m" / "MODEL_CARD.md"
+    card.write_text("# m\n\nsha256: `" + "a" * 64 + "` (m.pt)\n\ntext\n")
+    monkeypatch.setattr(registry.paths, "released_dir", lambda: tmp_path)
+    monkeypatch.setitem(registry.RELEASES, "m", registry.Release("m", "m.pt", "x:y", ""))
+    digest = registry.update_card_sha256("m")
+    expected = "# m\n\nsha256: `" + digest + "` (m.pt)\n\ntext\n"
+    assert card.read_text() == expected
+    registry.update_card_sha256("m")  # idempotent
+    assert card.read_text() == expected
+
+
 def test_paths_one_rule(monkeypatch, tmp_path):
     from skyvar import paths
 

@@ -288,6 +288,32 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
             "auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")}
 
 
+def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, n_resamples: int = 300,
+                          seed: int = 0) -> dict:
+    """AUC of two scores on the same light curves and a paired bootstrap 95 % interval of AUC(a) − AUC(b)
+    (:func:`scipy.stats.bootstrap`, percentile, resampling light curves)."""
+    from scipy.stats import bootstrap
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y).astype(int)
+    a, b = np.nan_to_num(np.asarray(p_a, float)), np.nan_to_num(np.asarray(p_b, float))
+    if not 0 < y.sum() < len(y):
+        return {"auc_a": float("nan"), "auc_b": float("nan"), "delta": float("nan"), "lo95": float("nan"),
+                "hi95": float("nan")}
+    idx = np.arange(len(y))
+
+    def delta(i):
+        i = np.asarray(i, int)
+        if not 0 < y[i].sum() < len(i):
+            return np.nan
+        return roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i])
+
+    ci = bootstrap((idx,), delta, vectorized=False, n_resamples=n_resamples, method="percentile",
+                   random_state=np.random.default_rng(seed)).confidence_interval
+    return {"auc_a": float(roc_auc_score(y, a)), "auc_b": float(roc_auc_score(y, b)), "delta": float(delta(idx)),
+            "lo95": float(ci.low), "hi95": float(ci.high)}
+
+
 def accuracy_vs_snr(snr: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> pd.DataFrame:
     """Fraction correct per S/N bin with a binomial (Wilson 68 %) interval."""
     rows = []
@@ -329,6 +355,15 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
                                                                                "train_prior": train_prior}
     if p_baseline is not None:
         res["baseline_aux_gbdt"] = binary_metrics(y, np.nan_to_num(p_baseline, nan=0.0), 0.5)
+        # the views must earn their place: CNN minus boosted trees, overall and per accumulated S/N of the
+        # periodic curves (every non-periodic curve in each comparison)
+        snr_t = tab["snr_lc_total"].to_numpy(float)
+        res["auc_cnn_minus_gbdt"] = {}
+        for name, pos in (("all", np.ones(len(y), bool)), ("snr_ge7", snr_t >= 7), ("snr_3_7", (snr_t >= 3) & (snr_t < 7)),
+                          ("snr_lt3", snr_t < 3)):
+            sel = (y == 0) | pos
+            res["auc_cnn_minus_gbdt"][name] = {"n_pos": int(y[sel].sum()),
+                                               **paired_auc_difference(y[sel], pz[sel], p_baseline[sel])}
         okb = (tab["view_flag"].to_numpy() == 0) & np.isfinite(p_baseline)
         if np.isfinite(baseline_prior) and okb.any():
             pb_adj = np.nan_to_num(p_baseline, nan=0.0).copy()
@@ -570,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
                     b = r[key]
                     print(f"{nm} [{label}]: n={b['n']} periodic={b['n_pos']} precision={b['precision']:.4f} "
                           f"recall={b['recall']:.4f} accuracy={b['accuracy']:.4f} AUC={b['auc']:.4f}")
+            for reg, d in r.get("auc_cnn_minus_gbdt", {}).items():
+                print(f"{nm} [AUC CNN - GBDT, {reg}, {d['n_pos']} periodic]: {d['auc_a']:.4f} - {d['auc_b']:.4f} = "
+                      f"{d['delta']:+.4f} (95 % {d['lo95']:+.4f} .. {d['hi95']:+.4f})")
     return 0
 
 

@@ -99,7 +99,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-_SHA_LINE = re.compile(r"^\s*[-*|]?\s*sha256\s*[:|]\s*`?(?P<hex>[0-9a-f]{64})`?", re.I | re.M)
+# the whole line (blank lines around it untouched, its "(file)" note replaced with it)
+_SHA_LINE = re.compile(r"^[ \t]*[-*|]?[ \t]*sha256[ \t]*[:|][ \t]*`?(?P<hex>[0-9a-f]{64})`?[^\n]*", re.I | re.M)
 
 
 def card_sha256(name: str) -> str | None:
