@@ -49,7 +49,9 @@ def test_lightcurves_pipeline_with_astronet_stage(tmp_path):
     assert list(f.index) == [11, 12, 13, 14, 15]
     assert {"p_periodic", "p_periodic_adjusted", "astronet_class", "astronet_period"} <= set(f.columns)
     assert (f.loc[[11, 12, 13], "p_periodic"] > 0.9).all()  # eclipses and a high-S/N transit
-    assert (f.loc[[14, 15], "p_periodic"] < 0.1).all()  # constants: behind the BLS gate or rejected
+    # constants: the release has no BLS gate, so the network scores them itself, far below the threshold
+    assert (f.loc[[14, 15], "p_periodic"] < 0.25).all()
+    assert f.loc[[14, 15], "astronet_class"].isin(["constant", "no_period", "unusable"]).all()
     assert f.loc[11, "astronet_class"] == "eb" and f.loc[13, "astronet_class"] == "transit"
     np.testing.assert_allclose(f.loc[13, "astronet_period"], 2.1, rtol=0.02)
     assert (tmp_path / "out" / "plots" / "astronet" / "candidates.png").exists()
