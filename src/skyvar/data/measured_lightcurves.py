@@ -107,25 +107,22 @@ def build_measured_field(field: dict, out_dir: str | Path, detector: str = "pnet
     from skyvar.utils.config import config_from_dotlist
 
     out = Path(out_dir)
-    sim_dir, run_dir = out / "sim", out / "run"
+    field = dict(field)
+    existing = field.pop("sim_dir", None)
+    sim_dir = Path(existing or field.get("out_dir") or out / "sim")
+    run_dir = out / "run"
     labels_path = out / "labels.parquet"
     paths = {"store": run_dir / "associate" / "store", "labels": labels_path, "sim": sim_dir, "run": run_dir}
     if labels_path.exists():
         return paths
-    field = dict(field)
-    existing = field.pop("sim_dir", None)
     if existing:  # a series simulated before (e.g. by an end-to-end run): used as it is, not re-simulated
-        sim_dir = Path(existing)
         if not (sim_dir / "truth.ecsv").exists() or not (sim_dir / "frames").is_dir():
             raise FileNotFoundError(f"sim_dir={sim_dir}: no truth.ecsv and frames/ (a simulated series) there")
         n_ep = len(list((sim_dir / "frames").glob("*.fits")))
-    else:
-        if field.get("out_dir"):  # frames simulated elsewhere (e.g. shared by several data sets)
-            sim_dir = Path(field["out_dir"])
+    else:  # field.out_dir: frames simulated elsewhere (e.g. shared by several data sets)
         cfg = config_from_dotlist(FieldSimConfig, base={**field, "out_dir": str(sim_dir)})
         simulate_field_to_disk(cfg, progress=progress)
         n_ep = int(cfg.n_epochs)
-    paths["sim"] = sim_dir
     # photometry + association only: the light-curve stages are the classifier's business here
     stages = ["indices", "excess", "flares", "periodogram", "astronet"]
     run_pipeline("field", f"detector={detector}", *[f"pipeline.lightcurves.stages.{s}=null" for s in stages],
