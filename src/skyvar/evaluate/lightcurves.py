@@ -458,12 +458,14 @@ def classification_report(candidates: pd.DataFrame, match: pd.DataFrame, truth: 
             pos = is_per & target & (snr >= cut)
             out[f"recall_snr_ge{cut:g}"] = float(detected_periodic[pos].mean()) if pos.any() else None
             out[f"n_periodic_snr_ge{cut:g}"] = int(pos.sum())
-        out["recall_by_snr"] = _recall_bins(snr, is_per & target, detected_periodic, snr_edges)
-    out["recall_by_mag"] = _recall_bins(tmag, is_per & target, detected_periodic, mag_edges)
+        out["recall_by_snr"] = recall_bins(snr, is_per & target, detected_periodic, snr_edges)
+    out["recall_by_mag"] = recall_bins(tmag, is_per & target, detected_periodic, mag_edges)
     return out
 
 
-def _recall_bins(v: np.ndarray, pos: np.ndarray, found: np.ndarray, edges) -> list[dict]:
+def recall_bins(v: np.ndarray, pos: np.ndarray, found: np.ndarray, edges) -> list[dict]:
+    """Recall of the positives ``pos`` per bin ``[lo, hi)`` of ``v`` (host magnitude, accumulated S/N):
+    rows ``{lo, hi, n, n_found, recall}`` (open ends as None, recall None for empty bins)."""
     rows = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         s = pos & (v >= lo) & (v < hi)

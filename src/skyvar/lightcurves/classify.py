@@ -400,13 +400,13 @@ def evaluate_predictions(tab: pd.DataFrame, p: np.ndarray, threshold: float, out
         if yhat_adj is not None:
             res[f"recall_snr_total_ge{cut:g}_prior_adjusted"] = float(yhat_adj[s].mean()) if s.any() else float("nan")
     # recall per host magnitude and accumulated S/N (prior-adjusted decisions where available)
-    from skyvar.evaluate.lightcurves import _recall_bins
+    from skyvar.evaluate.lightcurves import recall_bins
 
     found = yhat_adj if yhat_adj is not None else yhat
     pos = y == 1
     if "mag" in tab.columns:
-        res["recall_by_mag"] = _recall_bins(tab["mag"].to_numpy(float), pos, found, (-np.inf, 22.0, 23.0, 24.0, 25.0))
-    res["recall_by_snr"] = _recall_bins(tab["snr_lc_total"].to_numpy(float), pos, found,
+        res["recall_by_mag"] = recall_bins(tab["mag"].to_numpy(float), pos, found, (-np.inf, 22.0, 23.0, 24.0, 25.0))
+    res["recall_by_snr"] = recall_bins(tab["snr_lc_total"].to_numpy(float), pos, found,
                                         (0.0, 3.0, 5.0, 7.0, 10.0, 20.0, np.inf))
     if class_pred is not None and classes:
         from sklearn.metrics import confusion_matrix
