@@ -820,7 +820,7 @@ def read_frame_section(path, section: tuple[int, int, int, int], core: tuple[int
     from astropy.io import fits
     from astropy.wcs import WCS, FITSFixedWarning
 
-    from skyvar.io.fits import ABSURD_E, FrameError, _header_float, mid_exposure_mjd, read_frame
+    from skyvar.io.fits import ABSURD_E, frame_header_values, read_frame
 
     path = Path(path)
     fkw = dict(exptime=exptime, zp=zp, rdnoise=rdnoise, gain=gain)
@@ -850,25 +850,7 @@ def read_frame_section(path, section: tuple[int, int, int, int], core: tuple[int
         read_frame(path, hdu=hdu, **fkw)  # raises read_frame's own FrameError for this file
         raise
     # header values and notes, in read_frame's order
-    exptime = _header_float(header, ("EXPTIME", "EXPOSURE", "ITIME"), exptime, "exposure time [s]", path, notes,
-                            hint="; set frame.exptime=<seconds>" if exptime is None else " s (from frame.exptime)")
-    if exptime <= 0:
-        raise FrameError(f"{path}: EXPTIME={exptime} must be positive")
-    gain = _header_float(header, ("GAIN", "EGAIN", "CCDGAIN"), 1.0 if gain is None else gain, "gain [e-/ADU]", path,
-                         notes, hint=" e-/ADU (set frame.gain=)" if gain is None else " e-/ADU (from frame.gain)")
-    if gain <= 0:
-        gain = 1.0
-        notes.append(f"{path}: non-positive GAIN, using 1.0")
-    rdnoise = _header_float(header, ("RDNOISE", "READNOIS", "RON"), 0.0 if rdnoise is None else float(rdnoise),
-                            "read noise [e-]", path, notes,
-                            hint=" e- (set frame.rdnoise=)" if rdnoise is None else " e- (from frame.rdnoise)")
-    zp_val = _header_float(header, ("ZP", "MAGZERO", "MAGZP", "ZEROPT"), float("nan") if zp is None else float(zp),
-                           "zero point [mag for 1 e-/s]", path, notes, warn=zp is not None,
-                           hint=" (from frame.zp)" if zp is not None else "")
-    if not np.isfinite(zp_val):
-        notes.append(f"{path}: no zero point (ZP); magnitudes need frame.zp=")
-    mjd = mid_exposure_mjd(header, exptime, path, notes)
-    saturate = _header_float(header, ("SATURATE", "SATLEVEL"), float("inf"), "saturation [ADU]", path, notes, warn=False)
+    exptime, gain, rdnoise, zp_val, mjd, saturate = frame_header_values(header, path, notes, exptime, gain, rdnoise, zp)
     if mask_shape is not None and mask_shape != shape:
         notes.append(f"{path}: MASK shape {mask_shape} != image {shape}; ignored")
     with np.errstate(over="ignore", invalid="ignore"):

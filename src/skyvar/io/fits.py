@@ -239,6 +239,35 @@ def mid_exposure_mjd(header: fits.Header, exptime: float | None = None, path: st
     return float("nan")
 
 
+def frame_header_values(header: fits.Header, path, notes: list[str], exptime: float | None = None,
+                        gain: float | None = None, rdnoise: float | None = None, zp: float | None = None
+                        ) -> tuple[float, float, float, float, float, float]:
+    """The calibration values of a frame header, with the config's fallbacks for missing keys and a
+    note per fallback: (exptime [s], gain [e-/ADU], read noise [e-], zero point [mag for 1 e-/s; NaN
+    if unknown], mid-exposure MJD, saturation [ADU]). A missing or non-positive exposure time is a
+    :class:`FrameError`. Shared by :func:`read_frame` and the section reader of forced photometry."""
+    exptime = _header_float(header, ("EXPTIME", "EXPOSURE", "ITIME"), exptime, "exposure time [s]", path, notes,
+                            hint="; set frame.exptime=<seconds>" if exptime is None else " s (from frame.exptime)")
+    if exptime <= 0:
+        raise FrameError(f"{path}: EXPTIME={exptime} must be positive")
+    gain = _header_float(header, ("GAIN", "EGAIN", "CCDGAIN"), 1.0 if gain is None else gain, "gain [e-/ADU]", path,
+                         notes, hint=" e-/ADU (set frame.gain=)" if gain is None else " e-/ADU (from frame.gain)")
+    if gain <= 0:
+        gain = 1.0
+        notes.append(f"{path}: non-positive GAIN, using 1.0")
+    rdnoise = _header_float(header, ("RDNOISE", "READNOIS", "RON"), 0.0 if rdnoise is None else float(rdnoise),
+                            "read noise [e-]", path, notes,
+                            hint=" e- (set frame.rdnoise=)" if rdnoise is None else " e- (from frame.rdnoise)")
+    zp_val = _header_float(header, ("ZP", "MAGZERO", "MAGZP", "ZEROPT"), float("nan") if zp is None else float(zp),
+                           "zero point [mag for 1 e-/s]", path, notes, warn=zp is not None,
+                           hint=" (from frame.zp)" if zp is not None else "")
+    if not np.isfinite(zp_val):
+        notes.append(f"{path}: no zero point (ZP); magnitudes need frame.zp=")
+    mjd = mid_exposure_mjd(header, exptime, path, notes)
+    saturate = _header_float(header, ("SATURATE", "SATLEVEL"), float("inf"), "saturation [ADU]", path, notes, warn=False)
+    return exptime, gain, rdnoise, zp_val, mjd, saturate
+
+
 def read_frame(path: str | os.PathLike, hdu: int | str | None = None, exptime: float | None = None,
                zp: float | None = None, rdnoise: float | None = None, gain: float | None = None) -> Frame:
     """Read a frame from FITS with validation (see the module docstring).
@@ -288,25 +317,7 @@ def read_frame(path: str | os.PathLike, hdu: int | str | None = None, exptime: f
     if data.size == 0 or min(data.shape) < 4:
         raise FrameError(f"{path}: image of shape {data.shape} is too small")
 
-    exptime = _header_float(header, ("EXPTIME", "EXPOSURE", "ITIME"), exptime, "exposure time [s]", path, notes,
-                            hint="; set frame.exptime=<seconds>" if exptime is None else " s (from frame.exptime)")
-    if exptime <= 0:
-        raise FrameError(f"{path}: EXPTIME={exptime} must be positive")
-    gain = _header_float(header, ("GAIN", "EGAIN", "CCDGAIN"), 1.0 if gain is None else gain, "gain [e-/ADU]", path,
-                         notes, hint=" e-/ADU (set frame.gain=)" if gain is None else " e-/ADU (from frame.gain)")
-    if gain <= 0:
-        gain = 1.0
-        notes.append(f"{path}: non-positive GAIN, using 1.0")
-    rdnoise = _header_float(header, ("RDNOISE", "READNOIS", "RON"), 0.0 if rdnoise is None else float(rdnoise),
-                            "read noise [e-]", path, notes,
-                            hint=" e- (set frame.rdnoise=)" if rdnoise is None else " e- (from frame.rdnoise)")
-    zp_val = _header_float(header, ("ZP", "MAGZERO", "MAGZP", "ZEROPT"), float("nan") if zp is None else float(zp),
-                           "zero point [mag for 1 e-/s]", path, notes, warn=zp is not None,
-                           hint=" (from frame.zp)" if zp is not None else "")
-    if not np.isfinite(zp_val):
-        notes.append(f"{path}: no zero point (ZP); magnitudes need frame.zp=")
-    mjd = mid_exposure_mjd(header, exptime, path, notes)
-    saturate = _header_float(header, ("SATURATE", "SATLEVEL"), float("inf"), "saturation [ADU]", path, notes, warn=False)
+    exptime, gain, rdnoise, zp_val, mjd, saturate = frame_header_values(header, path, notes, exptime, gain, rdnoise, zp)
     filt = str(header.get("FILTER", "unknown"))
 
     with np.errstate(over="ignore", invalid="ignore"):

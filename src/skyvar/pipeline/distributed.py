@@ -270,16 +270,20 @@ def run_tasks(fn: Callable, items: Sequence, *args: Any, client: Any = None, des
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(items), desc=desc, unit="task")
+
+    def done(i: int) -> None:
+        if on_result is not None:
+            on_result(i, out[i])
+        if bar is not None:
+            bar.update()
+
     if client is None:
         for i, it in enumerate(items):
             try:
                 out[i] = fn(it, *args, **kwargs)
             except Exception as e:  # one bad item must not stop the rest
                 out[i] = TaskFailed(f"{type(e).__name__}: {e}", traceback.format_exc(limit=5))
-            if on_result is not None:
-                on_result(i, out[i])
-            if bar is not None:
-                bar.update()
+            done(i)
         if bar is not None:
             bar.close()
         return out
@@ -300,10 +304,7 @@ def run_tasks(fn: Callable, items: Sequence, *args: Any, client: Any = None, des
             msg = (f"its worker died on every try (KilledWorker): {e}") if killed else f"{type(e).__name__}: {e}"
             out[i] = TaskFailed(msg, tb, killed)
         fut.release()
-        if on_result is not None:
-            on_result(i, out[i])
-        if bar is not None:
-            bar.update()
+        done(i)
     if bar is not None:
         bar.close()
     return out

@@ -728,7 +728,11 @@ class RVPrecisionStudy:
         if self.data_dir is None:
             return self._redrock_models_packaged()
         from skyvar.spectra.resample import resample_linear
-        from skyvar.spectra.templates import broaden_to_resolution, load_redrock_template
+        from skyvar.spectra.templates import (
+            broaden_to_resolution,
+            load_redrock_template,
+            typical_redrock_spectrum,
+        )
 
         out = {}
         d = self.data_dir / "spectra" / "redrock"
@@ -738,16 +742,8 @@ class RVPrecisionStudy:
             if not files:
                 log.warning("no redrock template for class %s in %s; skipped", st, d)
                 continue
-            tpl = load_redrock_template(files[-1])
-            sub = (tpl.wavelength > 4700) & (tpl.wavelength < 7050)
-            spec = tpl.coeff @ tpl.basis[:, sub]
-            w = tpl.wavelength[sub]
-            band = ((w > 4950) & (w < 5350)) | ((w > 6300) & (w < 6800))
-            norm = spec[:, band].mean(1)
-            ok = norm > 0
-            spec = spec[ok] / norm[ok, None]
-            j = int(np.argmin(np.sum((spec[:, band] - np.median(spec[:, band], axis=0)) ** 2, axis=1)))
-            f = resample_linear(loglam, np.log10(w), spec[j])
+            w, flux = typical_redrock_spectrum(load_redrock_template(files[-1]), 4700, 7050)
+            f = resample_linear(loglam, np.log10(w), flux)
             f = broaden_to_resolution(f, 2e-6, self.resolution, native_resolution=self.native_resolution)
             cs = CubicSpline(loglam, f)
             out[f"redrock-{st}"] = lambda wave, cs=cs: cs(np.log10(wave))

@@ -94,7 +94,11 @@ def build(shared: str | Path, out: str | Path) -> dict:
     from skyvar.spectra.io import open_fits
     from skyvar.spectra.mrs import read_mrs
     from skyvar.spectra.resample import resample_linear
-    from skyvar.spectra.templates import build_stellar_library_from_files, load_redrock_template
+    from skyvar.spectra.templates import (
+        build_stellar_library_from_files,
+        load_redrock_template,
+        typical_redrock_spectrum,
+    )
 
     shared, out = Path(shared), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,17 +123,10 @@ def build(shared: str | Path, out: str | Path) -> dict:
     rv: dict[str, np.ndarray] = {}
     for st in RV_CLASSES:
         tpl = load_redrock_template(sorted((shared / "spectra" / "redrock").glob(f"rrtemplate-STAR-{st}-*.fits"))[-1])
-        sub = (tpl.wavelength > 4600) & (tpl.wavelength < 7150)
-        spec = tpl.coeff @ tpl.basis[:, sub]
-        w = tpl.wavelength[sub]
-        band = ((w > 4950) & (w < 5350)) | ((w > 6300) & (w < 6800))
-        norm = spec[:, band].mean(1)
-        ok = norm > 0
-        spec = spec[ok] / norm[ok, None]
-        j = int(np.argmin(np.sum((spec[:, band] - np.median(spec[:, band], axis=0)) ** 2, axis=1)))
+        w, flux = typical_redrock_spectrum(tpl, 4600, 7150)
         for arm, (lo, hi) in RV_RANGES.items():
             ll = np.arange(np.log10(lo), np.log10(hi), RV_DLOGLAM)
-            rv[f"redrock_{st}_{arm}"] = resample_linear(ll, np.log10(w), spec[j]).astype(np.float32)
+            rv[f"redrock_{st}_{arm}"] = resample_linear(ll, np.log10(w), flux).astype(np.float32)
     for arm, (lo, hi) in RV_RANGES.items():
         rv[f"loglam_{arm}"] = np.arange(np.log10(lo), np.log10(hi), RV_DLOGLAM)
     mrs = sorted((shared / "spectra" / "lamost_mrs").glob("med-*.fits"))[0]

@@ -159,6 +159,21 @@ def load_redrock_template(path: str | os.PathLike) -> RedrockTemplate:
                            coeff=coeff)
 
 
+def typical_redrock_spectrum(tpl: RedrockTemplate, wmin: float, wmax: float) -> tuple[np.ndarray, np.ndarray]:
+    """The most typical spectrum of a redrock class between ``wmin`` and ``wmax`` [Å]: every basis
+    combination (``coeff @ basis``) normalised to its mean flux in 4950–5350 and 6300–6800 Å, and the
+    one closest (least squares in those bands) to their median. Returns (wavelength, flux)."""
+    sub = (tpl.wavelength > wmin) & (tpl.wavelength < wmax)
+    spec = tpl.coeff @ tpl.basis[:, sub]
+    w = tpl.wavelength[sub]
+    band = ((w > 4950) & (w < 5350)) | ((w > 6300) & (w < 6800))
+    norm = spec[:, band].mean(1)
+    ok = norm > 0
+    spec = spec[ok] / norm[ok, None]
+    j = int(np.argmin(np.sum((spec[:, band] - np.median(spec[:, band], axis=0)) ** 2, axis=1)))
+    return w, spec[j]
+
+
 def load_redrock_templates(directory: str | os.PathLike, subtypes=("F", "G", "K", "M")) -> dict[str, RedrockTemplate]:
     directory = Path(directory)
     out = {}
