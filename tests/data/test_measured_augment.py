@@ -77,3 +77,10 @@ def test_measured_datamodule_builds_labels_views_and_region_splits(tmp_path):
     # a second module of the same config reuses the caches (no pipeline rerun) and gives the same table
     dm2 = MeasuredViewsDataModule(**kw)
     pd.testing.assert_frame_equal(dm2.load(), tab)
+
+
+def test_a_missing_reused_series_is_a_clear_error(tmp_path):
+    from skyvar.data.measured_lightcurves import build_measured_field
+
+    with pytest.raises(FileNotFoundError, match="sim_dir=.*no truth.ecsv and frames"):
+        build_measured_field({"sim_dir": str(tmp_path / "nope"), "seed": 1}, tmp_path / "out")
